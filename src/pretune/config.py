@@ -1,0 +1,218 @@
+"""Model configuration: one dataclass for both families, named presets, and run-config files.
+
+A :class:`ModelConfig` is saved as ``config.json`` in every model directory. Presets give the
+shapes of the papers and of the small BERTs of Turc et al. (2019); any field can be overridden.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Literal
+
+from pretune.errors import PretuneError
+
+FORMAT_VERSION = 1
+
+Family = Literal["bert", "gpt"]
+
+
+@dataclass
+class ModelConfig:
+    """Shape and behaviour of a GPT or BERT transformer.
+
+    ``family`` decides the objective and the attention pattern: ``gpt`` is causal (decoder-only),
+    ``bert`` is bidirectional with segment embeddings, pooler, masked-LM and NSP heads.
+    """
+
+    family: Family
+    vocab_size: int = 30522
+    n_layers: int = 12
+    hidden: int = 768
+    n_heads: int = 12
+    ffn: int = 0  # 0 means 4 * hidden
+    max_positions: int = 512
+    type_vocab_size: int = 2  # segment embeddings (BERT); 0 for none
+    dropout: float = 0.1  # embeddings, residual branches
+    attn_dropout: float = 0.1
+    layer_norm_eps: float = 1e-12
+    activation: Literal["gelu", "gelu_tanh"] = "gelu"
+    norm: Literal["post", "pre"] = "post"  # post-LN as in both papers; pre-LN as an option
+    embed_norm: bool = True  # LayerNorm after the embedding sum (BERT yes, GPT-1 no)
+    initializer_range: float = 0.02
+    pad_token_id: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)  # free-form notes (e.g. source checkpoint)
+
+    def __post_init__(self) -> None:
+        if self.ffn == 0:
+            self.ffn = 4 * self.hidden
+        self.validate()
+
+    @property
+    def causal(self) -> bool:
+        return self.family == "gpt"
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden // self.n_heads
+
+    def validate(self) -> None:
+        """Raise :class:`PretuneError` naming the first field that is out of range."""
+        if self.family not in ("bert", "gpt"):
+            raise PretuneError(f"config field 'family' must be 'bert' or 'gpt', got {self.family!r}")
+        for name in ("vocab_size", "n_layers", "hidden", "n_heads", "ffn", "max_positions"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise PretuneError(f"config field {name!r} must be a positive integer, got {value!r}")
+        if self.hidden % self.n_heads:
+            raise PretuneError(
+                f"config: hidden ({self.hidden}) must be divisible by n_heads ({self.n_heads})"
+            )
+        if self.activation not in ("gelu", "gelu_tanh"):
+            raise PretuneError(f"config field 'activation' must be 'gelu' or 'gelu_tanh', got {self.activation!r}")
+        if self.norm not in ("post", "pre"):
+            raise PretuneError(f"config field 'norm' must be 'post' or 'pre', got {self.norm!r}")
+        for name in ("dropout", "attn_dropout"):
+            value = getattr(self, name)
+            if not 0.0 <= float(value) < 1.0:
+                raise PretuneError(f"config field {name!r} must be in [0, 1), got {value!r}")
+        if self.type_vocab_size < 0:
+            raise PretuneError(f"config field 'type_vocab_size' must be >= 0, got {self.type_vocab_size}")
+
+    def replace(self, **overrides: Any) -> ModelConfig:
+        """A copy with some fields changed (validated)."""
+        unknown = set(overrides) - {f.name for f in fields(self)}
+        if unknown:
+            raise PretuneError(f"unknown config field(s) {sorted(unknown)}; valid: {field_names()}")
+        data = asdict(self)
+        data.update(overrides)
+        if "hidden" in overrides and "ffn" not in overrides:
+            data["ffn"] = 0
+        return ModelConfig(**data)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"format": "pretune", "format_version": FORMAT_VERSION, **asdict(self)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "config") -> ModelConfig:
+        data = {k: v for k, v in data.items() if k not in ("format", "format_version", "task")}
+        names = {f.name for f in fields(cls)}
+        unknown = set(data) - names
+        if unknown:
+            raise PretuneError(f"{source}: unknown field(s) {sorted(unknown)}; valid: {sorted(names)}")
+        if "family" not in data:
+            raise PretuneError(f"{source}: missing field 'family' ('bert' or 'gpt')")
+        try:
+            return cls(**data)
+        except TypeError as exc:
+            raise PretuneError(f"{source}: {exc}") from None
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n", encoding="utf-8")
+
+    @classmethod
+    def load(cls, path: str | Path) -> ModelConfig:
+        data = read_json(path)
+        return cls.from_dict(data, source=str(path))
+
+
+def field_names() -> list[str]:
+    return [f.name for f in dataclasses.fields(ModelConfig)]
+
+
+def read_json(path: str | Path) -> dict[str, Any]:
+    """Read a JSON object from a file, with one-line errors naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise PretuneError(f"{path}: no such file")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise PretuneError(f"{path}: not valid UTF-8 ({exc.reason})") from None
+    except json.JSONDecodeError as exc:
+        raise PretuneError(f"{path}:{exc.lineno}: invalid JSON ({exc.msg})") from None
+    if not isinstance(data, dict):
+        raise PretuneError(f"{path}: expected a JSON object at the top level")
+    return data
+
+
+# Shapes: (layers, hidden, heads). The small BERTs follow Turc et al. (2019).
+_SHAPES = {
+    "tiny": (2, 128, 2),
+    "mini": (4, 256, 4),
+    "small": (4, 512, 8),
+    "medium": (8, 512, 8),
+    "base": (12, 768, 12),
+    "large": (24, 1024, 16),
+}
+
+
+def _bert(shape: str) -> dict[str, Any]:
+    layers, hidden, heads = _SHAPES[shape]
+    return dict(family="bert", n_layers=layers, hidden=hidden, n_heads=heads)
+
+
+def _gpt(shape: str, **kw: Any) -> dict[str, Any]:
+    layers, hidden, heads = _SHAPES[shape]
+    base = dict(
+        family="gpt", n_layers=layers, hidden=hidden, n_heads=heads, max_positions=512,
+        type_vocab_size=0, layer_norm_eps=1e-5, activation="gelu_tanh", embed_norm=False,
+        vocab_size=40478,
+    )
+    base.update(kw)
+    return base
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    **{f"bert-{s}": _bert(s) for s in ("tiny", "mini", "small", "medium", "base", "large")},
+    **{f"gpt-{s}": _gpt(s) for s in ("tiny", "mini", "small")},
+    "gpt1": _gpt("base"),  # Radford et al. (2018): 12 layers, 768 wide, 12 heads, context 512
+}
+
+
+def preset(name: str, **overrides: Any) -> ModelConfig:
+    """The named preset's config, with fields overridden."""
+    if name not in PRESETS:
+        raise PretuneError(f"unknown model preset {name!r}; valid presets: {', '.join(PRESETS)}")
+    data = dict(PRESETS[name])
+    data.update(overrides)
+    unknown = set(data) - set(field_names())
+    if unknown:
+        raise PretuneError(f"unknown config field(s) {sorted(unknown)}; valid: {field_names()}")
+    return ModelConfig(**data)
+
+
+def parse_overrides(items: list[str] | None) -> dict[str, Any]:
+    """Turn ``["hidden=256", "norm=pre"]`` into typed overrides (JSON values, else strings)."""
+    out: dict[str, Any] = {}
+    for item in items or []:
+        if "=" not in item:
+            raise PretuneError(f"override {item!r} must look like FIELD=VALUE")
+        key, value = item.split("=", 1)
+        try:
+            out[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key.strip()] = value
+    return out
+
+
+def load_run_config(path: str | Path) -> dict[str, Any]:
+    """Read a run config (YAML or JSON) whose keys are command-line flag names."""
+    path = Path(path)
+    if not path.is_file():
+        raise PretuneError(f"{path}: run config not found")
+    text = path.read_text(encoding="utf-8")
+    if path.suffix in (".yaml", ".yml"):
+        import yaml
+
+        try:
+            data = yaml.safe_load(text) or {}
+        except yaml.YAMLError as exc:
+            raise PretuneError(f"{path}: invalid YAML ({exc})") from None
+    else:
+        data = read_json(path)
+    if not isinstance(data, dict):
+        raise PretuneError(f"{path}: expected a mapping of flag names to values")
+    return {str(k).replace("-", "_"): v for k, v in data.items()}

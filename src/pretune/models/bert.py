@@ -1,0 +1,126 @@
+"""BERT (Devlin et al., 2019): a bidirectional encoder with pooler, masked-LM and NSP heads.
+
+The body is the shared transformer with segment embeddings. The masked-LM head (dense, GELU,
+LayerNorm, decoder tied to the token embedding, output bias) runs only on the masked positions,
+as the original implementation does: at a 30k vocabulary it costs more than the body otherwise.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from pretune.config import ModelConfig
+from pretune.models.core import Transformer, activation, init_weights
+
+
+class Pooler(nn.Module):
+    """Dense + tanh on the hidden state of the first token (``[CLS]``)."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.dense = nn.Linear(cfg.hidden, cfg.hidden)
+
+    def forward(self, hidden: Tensor) -> Tensor:
+        return torch.tanh(self.dense(hidden[:, 0]))
+
+
+class MLMHead(nn.Module):
+    """Transform (dense, GELU, LayerNorm), then the tied decoder plus an output bias."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.dense = nn.Linear(cfg.hidden, cfg.hidden)
+        self.act = activation(cfg.activation)
+        self.norm = nn.LayerNorm(cfg.hidden, eps=cfg.layer_norm_eps)
+        self.bias = nn.Parameter(torch.zeros(cfg.vocab_size))
+
+    def forward(self, hidden: Tensor, embedding: Tensor) -> Tensor:
+        return F.linear(self.norm(self.act(self.dense(hidden))), embedding, self.bias)
+
+
+@dataclass
+class BertOutput:
+    loss: Tensor | None  # mlm_loss + nsp_loss (those given labels)
+    hidden: Tensor  # final hidden states (b, t, h)
+    pooled: Tensor  # pooler output (b, h)
+    mlm_logits: Tensor | None = None  # (n_masked, vocab) at the predicted positions only
+    nsp_logits: Tensor | None = None  # (b, 2): 0 = B follows A, 1 = B is random
+    mlm_loss: Tensor | None = None
+    nsp_loss: Tensor | None = None
+    hidden_states: list[Tensor] = field(default_factory=list)
+    metrics: dict[str, Tensor] = field(default_factory=dict)  # summed counts for evaluation
+
+
+class BERT(nn.Module):
+    """Encoder with the pretraining heads of ``BertForPreTraining``."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        if cfg.family != "bert":
+            raise ValueError(f"BERT needs a config of family 'bert', got {cfg.family!r}")
+        self.cfg = cfg
+        self.body = Transformer(cfg)
+        self.pooler = Pooler(cfg)
+        self.mlm = MLMHead(cfg)
+        self.nsp = nn.Linear(cfg.hidden, 2)
+        self.head: nn.Module | None = None  # a task head, attached by fine-tuning
+        init_weights(self, cfg.initializer_range)
+
+    def mlm_logits(self, hidden: Tensor) -> Tensor:
+        """Vocabulary logits for any hidden states (all positions: for fill-mask and tests)."""
+        return self.mlm(hidden, self.body.embeddings.tok.weight)
+
+    def forward(
+        self,
+        input_ids: Tensor,
+        token_type_ids: Tensor | None = None,
+        padding_mask: Tensor | None = None,
+        mlm_labels: Tensor | None = None,
+        nsp_labels: Tensor | None = None,
+        mlm_positions: Tensor | None = None,
+        output_hidden_states: bool = False,
+    ) -> BertOutput:
+        """Run the body and, for the targets given, the heads.
+
+        Masked-LM targets come in one of two forms: ``mlm_labels`` (b, t) with -100 where
+        nothing is predicted, or ``mlm_positions`` (b, p) with ``mlm_labels`` (b, p), a fixed
+        number of prediction slots per sequence (padded with label -100), which gathers without
+        a host-device synchronisation.
+        """
+        hidden, states = self.body(input_ids, padding_mask, token_type_ids, output_hidden_states)
+        pooled = self.pooler(hidden)
+        out = BertOutput(None, hidden, pooled, hidden_states=states)
+        losses = []
+        if mlm_labels is not None:
+            if mlm_positions is not None:
+                index = mlm_positions.unsqueeze(-1).expand(-1, -1, hidden.shape[-1])
+                picked = hidden.gather(1, index).flatten(0, 1)
+                targets = mlm_labels.flatten()
+            else:
+                selected = mlm_labels != -100
+                picked, targets = hidden[selected], mlm_labels[selected]
+            logits = self.mlm_logits(picked)
+            total = F.cross_entropy(logits.float(), targets, ignore_index=-100, reduction="sum")
+            count = (targets != -100).sum()
+            out.mlm_loss = total / count.clamp(min=1)
+            out.mlm_logits = logits
+            losses.append(out.mlm_loss)
+            correct = ((logits.argmax(-1) == targets) & (targets != -100)).sum()
+            out.metrics.update(mlm_loss_sum=total.detach(), mlm_tokens=count, mlm_correct=correct)
+        if nsp_labels is not None:
+            out.nsp_logits = self.nsp(pooled)
+            out.nsp_loss = F.cross_entropy(out.nsp_logits.float(), nsp_labels)
+            losses.append(out.nsp_loss)
+            correct = (out.nsp_logits.argmax(-1) == nsp_labels).sum()
+            out.metrics.update(
+                nsp_loss_sum=out.nsp_loss.detach() * nsp_labels.numel(),
+                nsp_correct=correct,
+                nsp_count=torch.tensor(nsp_labels.numel(), device=correct.device),
+            )
+        if losses:
+            out.loss = sum(losses[1:], losses[0])
+        return out
