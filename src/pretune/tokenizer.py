@@ -1,0 +1,415 @@
+"""Tokenizers: a thin wrapper over Hugging Face ``tokenizers`` for WordPiece (BERT) and BPE (GPT).
+
+Two kinds:
+
+- ``wordpiece``: BERT's pipeline (BertNormalizer, BertPreTokenizer, WordPiece with ``##``
+  continuations), special tokens ``[PAD] [UNK] [CLS] [SEP] [MASK]``.
+- ``bpe``: byte-level BPE (GPT-2 style, nothing is ever unknown) with ``<|endoftext|>`` as the
+  document separator and GPT-1's fine-tuning tokens ``<|start|> <|delim|> <|extract|>``, plus
+  ``<|pad|>``. Hugging Face ``openai-gpt`` files (BPE with ``</w>`` word ends) load too.
+
+:meth:`Tokenizer.encode` never adds special tokens; pretune's transforms do. A saved directory
+holds ``tokenizer.json`` plus the classic vocabulary files, and loads with Hugging Face's
+``AutoTokenizer.from_pretrained``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import tokenizers
+from tokenizers import AddedToken, decoders, models, normalizers, pre_tokenizers, processors, trainers
+
+from pretune.data import corpus
+from pretune.errors import PretuneError
+
+KINDS = ("wordpiece", "bpe")
+WORDPIECE_SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+BPE_SPECIALS = ["<|endoftext|>", "<|pad|>", "<|start|>", "<|delim|>", "<|extract|>"]
+# role -> token, per kind; the `<role>_id` properties look tokens up here.
+ROLES = {
+    "wordpiece": {"pad": "[PAD]", "unk": "[UNK]", "cls": "[CLS]", "sep": "[SEP]", "mask": "[MASK]"},
+    "bpe": {
+        "pad": "<|pad|>",
+        "eos": "<|endoftext|>",
+        "start": "<|start|>",
+        "delim": "<|delim|>",
+        "extract": "<|extract|>",
+        "unk": "<unk>",
+    },
+}
+# Hugging Face special_tokens_map.json keys for each role.
+_HF_KEYS = {
+    "pad": "pad_token",
+    "unk": "unk_token",
+    "cls": "cls_token",
+    "sep": "sep_token",
+    "mask": "mask_token",
+    "eos": "eos_token",
+}
+_KNOWN_SPECIALS = set(WORDPIECE_SPECIALS) | set(BPE_SPECIALS) | {"<unk>"}
+
+
+def _role_property(role: str) -> property:
+    def get(self: Tokenizer) -> int:
+        return self.role_id(role)
+
+    get.__doc__ = f"Id of the {role} token."
+    return property(get)
+
+
+class Tokenizer:
+    """A trained WordPiece or BPE tokenizer (wraps :class:`tokenizers.Tokenizer`)."""
+
+    def __init__(self, backend: tokenizers.Tokenizer):
+        model = backend.model
+        if isinstance(model, models.WordPiece):
+            self.kind = "wordpiece"
+        elif isinstance(model, models.BPE):
+            self.kind = "bpe"
+        else:
+            raise PretuneError(
+                f"unsupported tokenizer model {type(model).__name__}; expected WordPiece or BPE"
+            )
+        backend.no_padding()
+        backend.no_truncation()
+        self.backend = backend
+        self._special_ids: frozenset[int] | None = None
+
+    # -- encoding -------------------------------------------------------------------------------
+    @property
+    def vocab_size(self) -> int:
+        """Number of ids, added tokens included."""
+        return self.backend.get_vocab_size(with_added_tokens=True)
+
+    def __len__(self) -> int:
+        return self.vocab_size
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids of ``text``, with no special tokens added."""
+        return self.backend.encode(text, add_special_tokens=False).ids
+
+    def encode_batch(self, texts: Iterable[str]) -> list[list[int]]:
+        """Token ids of many texts at once (parallel in the Rust library), no special tokens added."""
+        texts = list(texts)
+        if not texts:
+            return []
+        return [e.ids for e in self.backend.encode_batch_fast(texts, add_special_tokens=False)]
+
+    def tokenize(self, text: str) -> list[str]:
+        """Token strings of ``text`` (no special tokens)."""
+        return self.backend.encode(text, add_special_tokens=False).tokens
+
+    def decode(self, ids: Iterable[int], skip_special_tokens: bool = True) -> str:
+        """Text of ``ids``: WordPiece joins ``##`` pieces, byte-level BPE restores the exact bytes."""
+        return self.backend.decode(list(ids), skip_special_tokens=skip_special_tokens)
+
+    def id_to_token(self, i: int) -> str | None:
+        return self.backend.id_to_token(i)
+
+    def token_to_id(self, token: str) -> int | None:
+        """Id of ``token``, or None when it is not in the vocabulary."""
+        return self.backend.token_to_id(token)
+
+    def convert_ids_to_tokens(self, ids: Iterable[int]) -> list[str | None]:
+        return [self.backend.id_to_token(i) for i in ids]
+
+    # -- special tokens -------------------------------------------------------------------------
+    @property
+    def special_ids(self) -> frozenset[int]:
+        """Ids of all special tokens."""
+        if self._special_ids is None:
+            added = self.backend.get_added_tokens_decoder()
+            self._special_ids = frozenset(i for i, t in added.items() if t.special)
+        return self._special_ids
+
+    def role_id(self, role: str) -> int:
+        """Id of the token playing ``role`` (``pad``, ``cls``, ``eos``, ``start``, ...)."""
+        token = ROLES[self.kind].get(role)
+        if token is None:
+            raise PretuneError(
+                f"a {self.kind} tokenizer has no {role} token; roles: {', '.join(ROLES[self.kind])}"
+            )
+        i = self.backend.token_to_id(token)
+        if i is None:
+            hint = "; call ensure_gpt_special_tokens() to add it" if self.kind == "bpe" else ""
+            raise PretuneError(f"this tokenizer has no {token} token (the {role} role){hint}")
+        return i
+
+    def has_role(self, role: str) -> bool:
+        token = ROLES[self.kind].get(role)
+        return token is not None and self.backend.token_to_id(token) is not None
+
+    pad_id = _role_property("pad")
+    unk_id = _role_property("unk")
+    cls_id = _role_property("cls")
+    sep_id = _role_property("sep")
+    mask_id = _role_property("mask")
+    eos_id = _role_property("eos")
+    start_id = _role_property("start")
+    delim_id = _role_property("delim")
+    extract_id = _role_property("extract")
+
+    def add_special_tokens(self, tokens: list[str]) -> list[str]:
+        """Add the tokens not yet in the vocabulary as special tokens (new ids at the end).
+
+        Returns the tokens that were added; a model using this tokenizer must grow its embedding.
+        """
+        missing = [t for t in dict.fromkeys(tokens) if self.backend.token_to_id(t) is None]
+        present_not_special = [
+            t for t in tokens if t not in missing and self.backend.token_to_id(t) not in self.special_ids
+        ]
+        new = missing + present_not_special
+        if new:
+            self.backend.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in new])
+            self._special_ids = None
+        return missing
+
+    def ensure_gpt_special_tokens(self) -> list[str]:
+        """Add whichever GPT-1 tokens (end of text, pad, start, delim, extract) are missing."""
+        if self.kind != "bpe":
+            raise PretuneError("GPT special tokens are for bpe tokenizers; this one is wordpiece")
+        return self.add_special_tokens(BPE_SPECIALS)
+
+    # -- save / load ----------------------------------------------------------------------------
+    def save(self, directory: str | Path) -> Path:
+        """Write ``tokenizer.json`` plus ``vocab.txt`` (WordPiece) or ``vocab.json`` + ``merges.txt``
+        (BPE) and the Hugging Face config files, each atomically. Returns the directory."""
+        d = Path(directory)
+        d.mkdir(parents=True, exist_ok=True)
+        vocab = self.backend.get_vocab(with_added_tokens=True)
+        by_id = sorted(vocab.items(), key=lambda kv: kv[1])
+        if [i for _, i in by_id] != list(range(len(by_id))):
+            raise PretuneError(f"{d}: tokenizer ids are not contiguous; cannot write a vocabulary file")
+        files = {"tokenizer.json": self.backend.to_str(pretty=True)}
+        if self.kind == "wordpiece":
+            files["vocab.txt"] = "".join(t + "\n" for t, _ in by_id)
+        else:
+            merges = json.loads(files["tokenizer.json"])["model"]["merges"]
+            files["vocab.json"] = json.dumps(dict(by_id), ensure_ascii=False)
+            files["merges.txt"] = "#version: 0.2\n" + "".join(
+                (m if isinstance(m, str) else " ".join(m)) + "\n" for m in merges
+            )
+        specials = {
+            key: ROLES[self.kind][role]
+            for role, key in _HF_KEYS.items()
+            if role in ROLES[self.kind] and self.has_role(role)
+        }
+        extra = [self.backend.id_to_token(i) for i in sorted(self.special_ids)]
+        extra = [t for t in extra if t not in specials.values()]
+        if extra:
+            specials["additional_special_tokens"] = extra
+        config = {"tokenizer_class": "PreTrainedTokenizerFast", "pretune_kind": self.kind, **specials}
+        if self.kind == "wordpiece":
+            config["do_lower_case"] = _lowercases(self.backend)
+        else:
+            config["model_input_names"] = ["input_ids", "attention_mask"]
+        files["tokenizer_config.json"] = json.dumps(config, indent=2, ensure_ascii=False)
+        files["special_tokens_map.json"] = json.dumps(specials, indent=2, ensure_ascii=False)
+        for name, text in files.items():
+            _atomic_write(d / name, text)
+        return d
+
+    @classmethod
+    def load(cls, path: str | Path) -> Tokenizer:
+        """Load from a directory holding ``tokenizer.json``, or ``vocab.txt`` (BERT), or
+        ``vocab.json`` + ``merges.txt`` (GPT BPE); a path to a ``tokenizer.json`` file also works."""
+        p = Path(path)
+        if p.is_file() and p.suffix == ".json":
+            return cls(_from_json_file(p))
+        if not p.is_dir():
+            raise PretuneError(f"{p}: tokenizer directory not found")
+        if (p / "tokenizer.json").is_file():
+            return cls(_from_json_file(p / "tokenizer.json"))
+        config = _read_json(p / "tokenizer_config.json")
+        specials_map = _read_json(p / "special_tokens_map.json")
+        if (p / "vocab.txt").is_file():
+            return cls(_bert_from_vocab(p / "vocab.txt", config, specials_map))
+        if (p / "vocab.json").is_file() and (p / "merges.txt").is_file():
+            return cls(_gpt_from_files(p, specials_map))
+        raise PretuneError(
+            f"{p}: no tokenizer files; looked for tokenizer.json, vocab.txt, or vocab.json + merges.txt"
+        )
+
+    def __repr__(self) -> str:
+        return f"Tokenizer(kind={self.kind!r}, vocab_size={self.vocab_size})"
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as fh:
+            fh.write(text)
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; a tokenizer is meant to be shared
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _lowercases(backend: tokenizers.Tokenizer) -> bool:
+    norm = json.loads(backend.to_str()).get("normalizer") or {}
+    steps = norm.get("normalizers", [norm])
+    return any(
+        s.get("type") == "Lowercase" or (s.get("type") == "BertNormalizer" and s.get("lowercase"))
+        for s in steps
+    )
+
+
+def _read_json(path: Path) -> dict:
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise PretuneError(f"{path}: not valid JSON ({exc})") from None
+    return data if isinstance(data, dict) else {}
+
+
+def _from_json_file(path: Path) -> tokenizers.Tokenizer:
+    try:
+        return tokenizers.Tokenizer.from_file(str(path))
+    except Exception as exc:  # the Rust library raises plain Exception
+        raise PretuneError(f"{path}: cannot load tokenizer ({exc})") from None
+
+
+def _token_str(value: object) -> str | None:
+    """A special token from a Hugging Face map: a string or an AddedToken dict."""
+    if isinstance(value, dict):
+        value = value.get("content")
+    return value if isinstance(value, str) else None
+
+
+def _register_specials(backend: tokenizers.Tokenizer, specials_map: dict) -> None:
+    """Mark known special tokens already in the vocabulary (and those the map names) as special."""
+    named = [_token_str(v) for k, v in specials_map.items() if k != "additional_special_tokens"]
+    named += [_token_str(v) for v in specials_map.get("additional_special_tokens", [])]
+    candidates = [t for t in dict.fromkeys([*_KNOWN_SPECIALS, *named]) if t]
+    present = sorted((i, t) for t in candidates if (i := backend.token_to_id(t)) is not None)
+    backend.add_special_tokens([AddedToken(t, special=True, normalized=False) for _, t in present])
+
+
+def _bert_from_vocab(vocab_file: Path, config: dict, specials_map: dict) -> tokenizers.Tokenizer:
+    """BERT's WordPiece pipeline from a bare ``vocab.txt`` (as Hugging Face's BertTokenizer builds it)."""
+    vocab = models.WordPiece.read_file(str(vocab_file))
+    unk = _token_str(config.get("unk_token")) or _token_str(specials_map.get("unk_token")) or "[UNK]"
+    if unk not in vocab:
+        raise PretuneError(f"{vocab_file}: unknown token {unk} is not in the vocabulary")
+    backend = tokenizers.Tokenizer(models.WordPiece(vocab, unk_token=unk, max_input_chars_per_word=100))
+    backend.normalizer = normalizers.BertNormalizer(
+        clean_text=True,
+        handle_chinese_chars=config.get("tokenize_chinese_chars", True),
+        strip_accents=config.get("strip_accents"),
+        lowercase=config.get("do_lower_case", True),
+    )
+    backend.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    backend.decoder = decoders.WordPiece(prefix="##")
+    _register_specials(backend, specials_map)
+    cls_tok, sep_tok = "[CLS]", "[SEP]"
+    if cls_tok in vocab and sep_tok in vocab:
+        backend.post_processor = _bert_post_processor(vocab[cls_tok], vocab[sep_tok])
+    return backend
+
+
+def _bert_post_processor(cls_id: int, sep_id: int) -> processors.TemplateProcessing:
+    """[CLS] A [SEP] (B [SEP]): used by Hugging Face callers only; pretune encodes without it."""
+    return processors.TemplateProcessing(
+        single="[CLS]:0 $A:0 [SEP]:0",
+        pair="[CLS]:0 $A:0 [SEP]:0 $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)],
+    )
+
+
+def _gpt_from_files(directory: Path, specials_map: dict) -> tokenizers.Tokenizer:
+    """GPT BPE from ``vocab.json`` + ``merges.txt``: openai-gpt style (``</w>`` word ends, lower-cased
+    BERT-like pre-tokenization) or GPT-2 style byte-level, detected from the vocabulary."""
+    vocab_file, merges_file = directory / "vocab.json", directory / "merges.txt"
+    try:
+        vocab, merges = models.BPE.read_file(str(vocab_file), str(merges_file))
+    except Exception as exc:
+        raise PretuneError(f"{directory}: cannot read vocab.json + merges.txt ({exc})") from None
+    if any(t.endswith("</w>") for t in vocab):  # Hugging Face openai-gpt layout
+        unk = "<unk>" if "<unk>" in vocab else None
+        backend = tokenizers.Tokenizer(models.BPE(vocab, merges, unk_token=unk, end_of_word_suffix="</w>"))
+        backend.normalizer = normalizers.BertNormalizer(lowercase=True)
+        backend.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+        backend.decoder = decoders.BPEDecoder(suffix="</w>")
+    else:
+        backend = tokenizers.Tokenizer(models.BPE(vocab, merges))
+        backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        backend.decoder = decoders.ByteLevel()
+    _register_specials(backend, specials_map)
+    return backend
+
+
+# -- training ---------------------------------------------------------------------------------
+def _wordpiece_backend(lowercase: bool) -> tokenizers.Tokenizer:
+    backend = tokenizers.Tokenizer(models.WordPiece(unk_token="[UNK]", max_input_chars_per_word=100))
+    # strip_accents=False explicitly: left as None it follows `lowercase`, and accent stripping
+    # NFD-decomposes Hangul syllables into jamo (the multilingual-BERT bug).
+    backend.normalizer = normalizers.BertNormalizer(
+        clean_text=True, handle_chinese_chars=True, strip_accents=False, lowercase=lowercase
+    )
+    backend.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    backend.decoder = decoders.WordPiece(prefix="##")
+    return backend
+
+
+def _bpe_backend(lowercase: bool) -> tokenizers.Tokenizer:
+    backend = tokenizers.Tokenizer(models.BPE())
+    if lowercase:
+        backend.normalizer = normalizers.Lowercase()
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    return backend
+
+
+def train_tokenizer(
+    files: str | Path | Iterable[str | Path],
+    kind: str,
+    vocab_size: int,
+    *,
+    lowercase: bool = False,
+    min_frequency: int = 2,
+    show_progress: bool = True,
+    skip_bad_lines: bool = False,
+    stats: corpus.ReadStats | None = None,
+) -> Tokenizer:
+    """Train a ``wordpiece`` or byte-level ``bpe`` tokenizer on text files, streaming their lines."""
+    if kind not in KINDS:
+        raise PretuneError(f"unknown tokenizer kind {kind!r}; choose wordpiece or bpe")
+    minimum = len(WORDPIECE_SPECIALS) + 1 if kind == "wordpiece" else len(BPE_SPECIALS) + 256
+    if vocab_size <= minimum:
+        raise PretuneError(f"vocab size {vocab_size} is too small for {kind}; it must be over {minimum}")
+    if min_frequency < 1:
+        raise PretuneError(f"min frequency must be at least 1, got {min_frequency}")
+    paths = corpus.check_paths(files)
+    if kind == "wordpiece":
+        backend = _wordpiece_backend(lowercase)
+        trainer = trainers.WordPieceTrainer(
+            vocab_size=vocab_size,
+            min_frequency=min_frequency,
+            special_tokens=WORDPIECE_SPECIALS,
+            continuing_subword_prefix="##",
+            show_progress=show_progress,
+        )
+    else:
+        backend = _bpe_backend(lowercase)
+        trainer = trainers.BpeTrainer(
+            vocab_size=vocab_size,
+            min_frequency=min_frequency,
+            special_tokens=BPE_SPECIALS,
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+            show_progress=show_progress,
+        )
+    texts: Iterator[str] = corpus.iter_texts(paths, skip_bad_lines=skip_bad_lines, stats=stats)
+    backend.train_from_iterator(texts, trainer=trainer)
+    if kind == "wordpiece":
+        backend.post_processor = _bert_post_processor(
+            backend.token_to_id("[CLS]"), backend.token_to_id("[SEP]")
+        )
+    return Tokenizer(backend)
