@@ -10,7 +10,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -92,13 +92,22 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
 # --- saving ------------------------------------------------------------------------------------
 
 
-def state_dict_for_saving(model: nn.Module) -> dict[str, Tensor]:
-    """Contiguous CPU tensors, without duplicates (tied weights are stored once)."""
-    return {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+def state_dict_for_saving(model: nn.Module, exclude: Iterable[str] = ()) -> dict[str, Tensor]:
+    """Contiguous CPU tensors (tied weights are stored once), leaving out ``exclude``.
+
+    ``exclude`` names tensors that were never trained, e.g. the pretraining heads a body-only
+    Hugging Face checkpoint lacked: saving their random values would pass them off as weights.
+    """
+    skip = set(exclude)
+    return {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items() if k not in skip}
 
 
 def write_model_files(
-    directory: Path, model: nn.Module, tokenizer: Any | None = None, task: dict[str, Any] | None = None
+    directory: Path,
+    model: nn.Module,
+    tokenizer: Any | None = None,
+    task: dict[str, Any] | None = None,
+    exclude: Iterable[str] = (),
 ) -> None:
     """Write config, weights and tokenizer into an existing directory, each file atomically."""
     cfg: ModelConfig = model.cfg
@@ -106,23 +115,27 @@ def write_model_files(
     if task is not None:
         data["task"] = task
     with atomic_path(directory / WEIGHTS_FILE) as tmp:
-        save_file(state_dict_for_saving(model), str(tmp), metadata={"format": "pt", "pretune": "1"})
+        save_file(state_dict_for_saving(model, exclude), str(tmp), metadata={"format": "pt", "pretune": "1"})
     write_json_atomic(directory / CONFIG_FILE, data)
     if tokenizer is not None:
         tokenizer.save(directory)
 
 
 def save_model(
-    out_dir: str | Path, model: nn.Module, tokenizer: Any | None = None, task: dict[str, Any] | None = None
+    out_dir: str | Path,
+    model: nn.Module,
+    tokenizer: Any | None = None,
+    task: dict[str, Any] | None = None,
+    exclude: Iterable[str] = (),
 ) -> Path:
     """Save a complete model directory. A new directory appears only once it is complete; into an
     existing one (a run directory) every file is replaced atomically."""
     out_dir = Path(out_dir)
     if out_dir.is_dir():
-        write_model_files(out_dir, model, tokenizer, task)
+        write_model_files(out_dir, model, tokenizer, task, exclude)
     else:
         with atomic_dir(out_dir) as tmp:
-            write_model_files(tmp, model, tokenizer, task)
+            write_model_files(tmp, model, tokenizer, task, exclude)
     return out_dir
 
 
@@ -189,19 +202,27 @@ def load_model(
     *,
     overrides: dict[str, Any] | None = None,
     tokenizer: Any | None = None,
+    prepare: Callable[[nn.Module, dict[str, Any] | None], None] | None = None,
 ) -> LoadedModel:
-    """Load (or build) a model from a preset name, a config file, a pretune or an HF directory."""
+    """Load (or build) a model from a preset name, a config file, a pretune or an HF directory.
+
+    ``prepare(model, task)`` runs after the model is built and before weights are copied in: it
+    attaches a task head (``task`` is what fine-tuning saved in config.json, or None) so that a
+    fine-tuned checkpoint's ``head.*`` tensors find their place.
+    """
     spec_str = str(spec)
     path = Path(spec_str)
     overrides = overrides or {}
-    if spec_str in PRESETS and not path.exists():
-        cfg = preset(spec_str, **overrides)
-        return LoadedModel(build_model(cfg), cfg, tokenizer, source="preset")
-    if path.is_file() and path.suffix == ".json":
-        cfg = ModelConfig.load(path)
-        if overrides:
-            cfg = cfg.replace(**overrides)
-        return LoadedModel(build_model(cfg), cfg, tokenizer, source="config")
+    if (spec_str in PRESETS and not path.exists()) or (path.is_file() and path.suffix == ".json"):
+        if path.is_file():
+            cfg = ModelConfig.load(path)
+            cfg = cfg.replace(**overrides) if overrides else cfg
+        else:
+            cfg = preset(spec_str, **overrides)
+        model = build_model(cfg)
+        if prepare is not None:
+            prepare(model, None)
+        return LoadedModel(model, cfg, tokenizer, source="preset" if not path.is_file() else "config")
     if not path.exists():
         raise PretuneError(
             f"--model {spec_str!r}: no such directory or file, and not a preset "
@@ -229,14 +250,18 @@ def load_model(
         tokenizer = _load_tokenizer(path)
     check_vocab(cfg, tokenizer, str(path))
     model = build_model(cfg)
+    if prepare is not None:
+        prepare(model, task)
     missing = load_state(model, state, str(path / (WEIGHTS_FILE if (path / WEIGHTS_FILE).is_file() else "")))
     return LoadedModel(model, cfg, tokenizer, task, source_kind, missing)
 
 
-def export_hf(model: nn.Module, out_dir: str | Path, tokenizer: Any | None = None) -> Path:
+def export_hf(
+    model: nn.Module, out_dir: str | Path, tokenizer: Any | None = None, exclude: Iterable[str] = ()
+) -> Path:
     """Write a Hugging Face directory (config.json, model.safetensors, tokenizer files) atomically."""
     cfg: ModelConfig = model.cfg
-    state = state_dict_for_saving(model)
+    state = state_dict_for_saving(model, exclude)
     with_heads = any(k.startswith(("mlm.", "nsp.")) for k in state)
     hf_state = hf.to_hf_state_dict(state, cfg)
     hf_cfg = hf.config_to_hf(cfg, with_heads)
