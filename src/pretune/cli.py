@@ -27,6 +27,34 @@ COMMANDS = [
 ]
 
 
+def apply_run_config(args: argparse.Namespace, parser: argparse.ArgumentParser) -> argparse.Namespace:
+    """Fill flags from ``--config RUN.yaml|json``: a flag given on the command line wins.
+
+    Keys are flag names (``max-steps`` or ``max_steps``); an unknown key is an error naming it.
+    """
+    path = getattr(args, "config", None)
+    if not path:
+        return args
+    from pretune.config import load_run_config
+
+    values = load_run_config(path)
+    dests = {a.dest: a for a in parser._actions if a.dest not in ("help", "config", "func")}
+    unknown = sorted(set(values) - set(dests))
+    if unknown:
+        raise PretuneError(f"{path}: unknown setting(s) {unknown}; valid: {sorted(dests)}")
+    for key, value in values.items():
+        if getattr(args, key) == parser.get_default(key):
+            action = dests[key]
+            if action.nargs in ("+", "*") and isinstance(value, str):
+                value = [value]
+            if action.type is not None and value is not None and not isinstance(value, list):
+                value = action.type(value)
+            if action.choices is not None and value not in action.choices:
+                raise PretuneError(f"{path}: {key} must be one of {list(action.choices)}, got {value!r}")
+            setattr(args, key, value)
+    return args
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pretune",

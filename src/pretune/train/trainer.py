@@ -1,0 +1,532 @@
+"""The training loop shared by pretraining and fine-tuning.
+
+The trainer knows nothing about BERT or GPT: it is given a model, an endless iterable of batches
+(dicts of tensors) and a ``step_fn`` that returns an object with a ``.loss``. It owns the
+optimizer (AdamW, decoupled weight decay except on biases, LayerNorm and position/segment
+embeddings), the warmup-then-decay schedule, gradient accumulation and clipping, bf16 autocast
+on CUDA, optional ``torch.compile``, DistributedDataParallel under ``torchrun``, periodic
+evaluation, atomic checkpoints and exact resumption (model, optimizer, schedule, every RNG and
+the data position).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import shutil
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from safetensors.torch import load_file, save_file
+from torch import nn
+from tqdm.auto import tqdm
+
+from pretune.checkpoint import atomic_dir, state_dict_for_saving
+from pretune.errors import PretuneError
+
+CHECKPOINTS = "checkpoints"
+METRICS = "metrics.jsonl"
+
+
+@dataclass
+class TrainConfig:
+    out_dir: Path
+    max_steps: int
+    lr: float = 1e-4
+    warmup_steps: int = 0
+    schedule: str = "linear"  # linear | cosine | constant (after warmup)
+    weight_decay: float = 0.01
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-6
+    grad_clip: float = 1.0  # 0 = off
+    grad_accum: int = 1
+    log_every: int = 10
+    eval_every: int = 0  # 0 = only at the end (when an eval_fn is given)
+    save_every: int = 0  # 0 = only at the end
+    keep_last: int = 2
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16
+    compile: bool = False
+    resume: bool = False
+    progress: bool = True
+    desc: str = "train"
+    fsdp: bool = False
+    time_budget_s: float = 0.0  # > 0: stop (and save) once training has run this long
+    extra: dict[str, Any] = field(default_factory=dict)  # recorded in the checkpoint, not used
+
+    def __post_init__(self) -> None:
+        self.out_dir = Path(self.out_dir)
+        if self.schedule not in ("linear", "cosine", "constant"):
+            raise PretuneError(f"--schedule must be linear, cosine or constant, got {self.schedule!r}")
+        if self.precision not in ("auto", "fp32", "bf16"):
+            raise PretuneError(f"--precision must be auto, fp32 or bf16, got {self.precision!r}")
+        for name in ("max_steps", "grad_accum"):
+            if int(getattr(self, name)) < 1:
+                raise PretuneError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        if self.lr <= 0:
+            raise PretuneError(f"--lr must be positive, got {self.lr}")
+
+
+# --- distributed -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Dist:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+
+def init_distributed(device: str = "auto") -> Dist:
+    """Join the process group when started by ``torchrun`` (NCCL on GPUs, gloo on CPU)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Dist()
+    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    if not dist.is_initialized():
+        use_cuda = torch.cuda.is_available() and device != "cpu"
+        if use_cuda:
+            torch.cuda.set_device(local)
+        dist.init_process_group("nccl" if use_cuda else "gloo")
+    return Dist(rank, world, local)
+
+
+def resolve_device(name: str, d: Dist = Dist()) -> torch.device:
+    if name == "auto":
+        return torch.device(f"cuda:{d.local_rank}" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise PretuneError(f"--device {name}: CUDA is not available on this machine; use --device cpu")
+    if name == "cuda" and d.enabled:
+        return torch.device(f"cuda:{d.local_rank}")
+    return torch.device(name)
+
+
+# --- optimizer and schedule ----------------------------------------------------------------------
+
+_NO_DECAY = ("bias", "norm", "embeddings.pos.", "embeddings.seg.")
+
+
+def _no_decay(name: str, param: nn.Parameter) -> bool:
+    return param.dim() < 2 or any(k in name for k in _NO_DECAY)
+
+
+def param_groups(
+    model: nn.Module,
+    lr: float,
+    weight_decay: float,
+    *,
+    head_lr: float | None = None,
+    head_prefixes: tuple[str, ...] = ("head.",),
+    layer_decay: float | None = None,
+) -> list[dict[str, Any]]:
+    """AdamW parameter groups.
+
+    No weight decay on biases, LayerNorm weights and position/segment embeddings. Parameters under
+    ``head_prefixes`` (the newly added layers) get ``head_lr``; the pretrained body gets ``lr``,
+    scaled by ``layer_decay ** (depth from the top)`` when layer-wise decay is asked for.
+    Frozen parameters (``requires_grad=False``) are left out.
+    """
+    n_layers = getattr(getattr(model, "cfg", None), "n_layers", 0)
+    groups: dict[tuple[float, bool], dict[str, Any]] = {}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        is_head = name.startswith(head_prefixes)
+        group_lr = head_lr if (is_head and head_lr is not None) else lr
+        if layer_decay is not None and not is_head:
+            if ".blocks." in name:
+                depth = n_layers - int(name.split(".blocks.")[1].split(".")[0])
+            elif ".embeddings." in name:
+                depth = n_layers + 1
+            else:
+                depth = 0
+            group_lr = lr * layer_decay**depth
+        decay = 0.0 if _no_decay(name, p) else weight_decay
+        key = (group_lr, decay == 0.0, is_head)
+        g = groups.setdefault(
+            key, {"params": [], "names": [], "lr": group_lr, "weight_decay": decay, "name": "head" if is_head else "body"}
+        )
+        g["params"].append(p)
+        g["names"].append(name)
+    return list(groups.values())
+
+
+def build_optimizer(groups: list[dict[str, Any]], cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
+    clean = [{k: v for k, v in g.items() if k != "names"} for g in groups]
+    for g in clean:
+        g["initial_lr"] = g["lr"]
+    fused = device.type == "cuda"
+    return torch.optim.AdamW(clean, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, fused=fused or None)
+
+
+def lr_factor(step: int, cfg: TrainConfig, time_fraction: float = 0.0) -> float:
+    """Linear warmup to 1, then linear decay to 0 (BERT), cosine to 0 (GPT-1) or constant.
+
+    Under a time budget the decay follows whichever is further along: the steps or the clock
+    (``time_fraction`` of the budget spent), so a run cut by time still ends at a low rate.
+    """
+    if cfg.warmup_steps and step < cfg.warmup_steps:
+        return (step + 1) / cfg.warmup_steps
+    if cfg.schedule == "constant":
+        return 1.0
+    span = max(1, cfg.max_steps - cfg.warmup_steps)
+    progress = min(1.0, max((step - cfg.warmup_steps) / span, time_fraction))
+    if cfg.schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+    return 1.0 - progress
+
+
+# --- RNG state ---------------------------------------------------------------------------------
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict[str, Any]:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# --- checkpoints -------------------------------------------------------------------------------
+
+
+def checkpoint_dirs(out_dir: Path) -> list[Path]:
+    """Complete checkpoints, oldest first (a checkpoint directory only appears once complete)."""
+    root = Path(out_dir) / CHECKPOINTS
+    if not root.is_dir():
+        return []
+    found = [p for p in root.glob("step-*") if p.is_dir() and (p / "trainer_state.pt").is_file()]
+    return sorted(found, key=lambda p: int(p.name.split("-")[1]))
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    model = getattr(model, "_orig_mod", model)  # torch.compile
+    return getattr(model, "module", model)  # DDP
+
+
+class Trainer:
+    """Runs ``max_steps`` optimizer steps of ``step_fn`` over ``train_batches``."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        cfg: TrainConfig,
+        train_batches: Iterable[dict[str, Any]],
+        *,
+        param_groups: list[dict[str, Any]] | None = None,
+        step_fn: Callable[[nn.Module, dict[str, Any]], Any] | None = None,
+        eval_fn: Callable[[nn.Module], dict[str, float]] | None = None,
+        on_eval: Callable[[int, dict[str, float]], bool] | None = None,
+        dist_info: Dist | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.dist = dist_info or init_distributed(cfg.device)
+        self.device = resolve_device(cfg.device, self.dist)
+        self.model = model.to(self.device)
+        self.batches = train_batches
+        self.step_fn = step_fn or (lambda m, b: m(**b))
+        self.eval_fn = eval_fn
+        self.on_eval = on_eval
+        self.groups = param_groups or globals()["param_groups"](model, cfg.lr, cfg.weight_decay)
+        self.optimizer = build_optimizer(self.groups, cfg, self.device)
+        self._elapsed = 0.0  # seconds of training, the same on every rank; drives a time budget
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda s: lr_factor(s, cfg, self._time_fraction())
+        )
+        use_bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and self.device.type == "cuda")
+        self.autocast_dtype = torch.bfloat16 if use_bf16 else None
+        self.step = 0
+        self.history: list[dict[str, Any]] = []
+        self._writer = None
+        self.train_model = self._wrap(model)
+
+    # The model that runs the step: compiled and/or wrapped for data parallelism.
+    def _wrap(self, model: nn.Module) -> nn.Module:
+        wrapped = model
+        if self.dist.enabled:
+            if self.cfg.fsdp:
+                from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+
+                wrapped = FSDP(model, device_id=self.device if self.device.type == "cuda" else None, use_orig_params=True)
+            else:
+                from torch.nn.parallel import DistributedDataParallel as DDP
+
+                ids = [self.device.index] if self.device.type == "cuda" else None
+                wrapped = DDP(model, device_ids=ids, find_unused_parameters=False)
+        if self.cfg.compile:
+            wrapped = torch.compile(wrapped)
+        return wrapped
+
+    def _time_fraction(self) -> float:
+        return self._elapsed / self.cfg.time_budget_s if self.cfg.time_budget_s else 0.0
+
+    def _shared_elapsed(self, started: float) -> float:
+        """Seconds since ``started`` as rank 0 measured them (so every rank decides alike)."""
+        value = torch.tensor([time.perf_counter() - started], dtype=torch.float64, device=self.device)
+        if self.dist.enabled:
+            dist.broadcast(value, 0)
+        return float(value.item())
+
+    @property
+    def unwrapped(self) -> nn.Module:
+        return _unwrap(self.train_model)
+
+    # --- checkpointing ---------------------------------------------------------------------
+
+    def save_checkpoint(self) -> Path | None:
+        """Write ``checkpoints/step-N`` atomically and keep the last ``keep_last``."""
+        data_state = self.batches.state_dict() if hasattr(self.batches, "state_dict") else None
+        if self.cfg.fsdp and self.dist.enabled:
+            from torch.distributed.fsdp import FullStateDictConfig, StateDictType
+            from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+
+            with FSDP.state_dict_type(
+                self.train_model, StateDictType.FULL_STATE_DICT, FullStateDictConfig(offload_to_cpu=True, rank0_only=True)
+            ):
+                model_state = self.train_model.state_dict()
+                optim_state = FSDP.optim_state_dict(self.train_model, self.optimizer)
+        else:
+            model_state = state_dict_for_saving(self.unwrapped)
+            optim_state = self.optimizer.state_dict()
+        if not self.dist.main:
+            return None
+        root = self.cfg.out_dir / CHECKPOINTS
+        target = root / f"step-{self.step}"
+        state = {
+            "step": self.step,
+            "optimizer": optim_state,
+            "scheduler": self.scheduler.state_dict(),
+            "rng": rng_state(),
+            "data": data_state,
+            "history_len": len(self.history),
+            "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self.cfg).items()},
+        }
+        try:
+            with atomic_dir(target) as tmp:
+                save_file({k: v.detach().cpu().contiguous() for k, v in model_state.items()}, str(tmp / "model.safetensors"))
+                torch.save(state, tmp / "trainer_state.pt")
+        except OSError as exc:
+            previous = checkpoint_dirs(self.cfg.out_dir)
+            keep = f"; the previous checkpoint {previous[-1]} is intact" if previous else ""
+            raise PretuneError(f"could not save checkpoint {target}: {exc.strerror or exc}{keep}") from None
+        for old in checkpoint_dirs(self.cfg.out_dir)[: -self.cfg.keep_last]:
+            shutil.rmtree(old, ignore_errors=True)
+        return target
+
+    def load_checkpoint(self, path: Path) -> None:
+        """Restore everything from a checkpoint, loading tensors to the CPU first."""
+        state = torch.load(path / "trainer_state.pt", map_location="cpu", weights_only=False)
+        weights = load_file(str(path / "model.safetensors"), device="cpu")
+        self.unwrapped.load_state_dict(weights, strict=True)
+        if self.cfg.fsdp and self.dist.enabled:
+            from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+
+            optim_state = FSDP.optim_state_dict_to_load(self.train_model, self.optimizer, state["optimizer"])
+            self.optimizer.load_state_dict(optim_state)
+        else:
+            self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        set_rng_state(state["rng"])
+        if state["data"] is not None and hasattr(self.batches, "load_state_dict"):
+            self.batches.load_state_dict(state["data"])
+        self.step = int(state["step"])
+        self._truncate_metrics(self.step)
+
+    def _truncate_metrics(self, step: int) -> None:
+        """Drop log records written after ``step`` by the run that was interrupted."""
+        path = self.cfg.out_dir / METRICS
+        if not path.is_file() or not self.dist.main:
+            return
+        kept = [line for line in path.read_text(encoding="utf-8").splitlines() if line and json.loads(line)["step"] <= step]
+        self.history = [json.loads(line) for line in kept]
+        path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+
+    # --- logging ---------------------------------------------------------------------------
+
+    def log(self, record: dict[str, Any]) -> None:
+        self.history.append(record)
+        if not self.dist.main:
+            return
+        with open(self.cfg.out_dir / METRICS, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+        if self._writer is None:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self._writer = SummaryWriter(str(self.cfg.out_dir / "tensorboard"))
+            except ImportError:
+                self._writer = False
+        if self._writer:
+            for key, value in record.items():
+                if key != "step" and isinstance(value, (int, float)):
+                    self._writer.add_scalar(key, value, record["step"])
+            self._writer.flush()
+
+    def _all_reduce_mean(self, value: torch.Tensor) -> torch.Tensor:
+        if self.dist.enabled:
+            value = value.clone()
+            dist.all_reduce(value)
+            value /= self.dist.world_size
+        return value
+
+    # --- the loop --------------------------------------------------------------------------
+
+    def evaluate(self) -> dict[str, float]:
+        if self.eval_fn is None:
+            return {}
+        model = self.unwrapped
+        was_training = model.training
+        model.eval()
+        with torch.no_grad(), self._autocast():
+            metrics = self.eval_fn(model)
+        model.train(was_training)
+        return metrics
+
+    def _autocast(self):
+        if self.autocast_dtype is None:
+            return torch.autocast(self.device.type, enabled=False)
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+
+    def _to_device(self, batch: dict[str, Any]) -> dict[str, Any]:
+        non_blocking = self.device.type == "cuda"
+        return {
+            k: (v.to(self.device, non_blocking=non_blocking) if isinstance(v, torch.Tensor) else v)
+            for k, v in batch.items()
+        }
+
+    def fit(self) -> list[dict[str, Any]]:
+        """Train to ``max_steps`` (resuming first if asked) and return the log records."""
+        cfg = self.cfg
+        if self.dist.main:
+            cfg.out_dir.mkdir(parents=True, exist_ok=True)
+        if cfg.resume:
+            found = checkpoint_dirs(cfg.out_dir)
+            if found:
+                self.load_checkpoint(found[-1])
+        elif self.dist.main and (cfg.out_dir / METRICS).exists():
+            (cfg.out_dir / METRICS).unlink()
+        model = self.train_model
+        model.train()
+        iterator: Iterator[dict[str, Any]] = iter(self.batches)
+        bar = tqdm(
+            total=cfg.max_steps, initial=self.step, desc=cfg.desc, unit="step",
+            disable=not (cfg.progress and self.dist.main), dynamic_ncols=True,
+        )
+        zero = torch.zeros((), device=self.device)
+        loss_sum, loss_count = zero.clone(), 0
+        bad_step = torch.full((), -1, device=self.device, dtype=torch.long)
+        tokens, t0 = 0, time.perf_counter()
+        started = t0
+        stop = False
+        while self.step < cfg.max_steps and not stop:
+            for micro in range(cfg.grad_accum):
+                try:
+                    batch = next(iterator)
+                except StopIteration:
+                    raise PretuneError("the training data ran out before --max-steps; it must repeat (epochs)") from None
+                ids = batch.get("input_ids")
+                tokens += int(ids.numel()) if isinstance(ids, torch.Tensor) else 0
+                batch = self._to_device(batch)
+                sync = micro == cfg.grad_accum - 1 or not self.dist.enabled
+                ctx = model.no_sync() if (not sync and hasattr(model, "no_sync")) else _null()
+                with ctx, self._autocast():
+                    loss = self.step_fn(model, batch).loss
+                (loss / cfg.grad_accum).backward()
+                loss_sum += loss.detach().float()
+                loss_count += 1
+                bad_step = torch.where((~torch.isfinite(loss.detach())) & (bad_step < 0), self.step + 1, bad_step)
+            if cfg.grad_clip:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            self.optimizer.step()
+            if cfg.time_budget_s:
+                self._elapsed = self._shared_elapsed(started)
+            self.scheduler.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            self.step += 1
+            bar.update(1)
+            out_of_time = bool(cfg.time_budget_s) and self._elapsed > cfg.time_budget_s
+            last = self.step == cfg.max_steps or out_of_time
+            stop = stop or out_of_time
+            do_log = self.step % cfg.log_every == 0 or last
+            do_eval = self.eval_fn is not None and ((cfg.eval_every and self.step % cfg.eval_every == 0) or last)
+            do_save = (cfg.save_every and self.step % cfg.save_every == 0) or last
+            if do_log or do_eval or do_save:
+                if int(bad_step) >= 0:  # a host sync only at these points
+                    good = checkpoint_dirs(cfg.out_dir)
+                    keep = f"; the last good checkpoint is {good[-1]}" if good else ""
+                    bar.close()
+                    raise PretuneError(
+                        f"the loss became non-finite at step {int(bad_step)}; lower --lr or check the data{keep}"
+                    )
+            if do_log:
+                elapsed = time.perf_counter() - t0
+                mean_loss = self._all_reduce_mean(loss_sum / max(loss_count, 1)).item()
+                record = {
+                    "step": self.step,
+                    "loss": mean_loss,
+                    "lr": self.scheduler.get_last_lr()[0],
+                    "tokens_per_s": tokens * self.dist.world_size / max(elapsed, 1e-9),
+                    "elapsed_s": elapsed,
+                }
+                bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{record['lr']:.2e}", tok_s=f"{record['tokens_per_s']:.0f}")
+                loss_sum, loss_count, tokens, t0 = zero.clone(), 0, 0, time.perf_counter()
+            if do_eval:
+                metrics = self.evaluate() if self.dist.main else {}
+                if do_log:
+                    record.update(metrics)
+                else:
+                    record = {"step": self.step, **metrics}
+                if self.on_eval is not None and self.dist.main:
+                    stop = bool(self.on_eval(self.step, metrics)) or stop
+                if self.dist.enabled:
+                    flag = torch.tensor([int(stop)], device=self.device)
+                    dist.broadcast(flag, 0)
+                    stop = bool(flag.item())
+            if do_log or do_eval:
+                self.log(record)
+            if do_save or stop:
+                self.save_checkpoint()
+                if self.dist.enabled:
+                    dist.barrier()
+        bar.close()
+        if self._writer:
+            self._writer.close()
+        return self.history
+
+
+class _null:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
