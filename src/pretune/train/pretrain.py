@@ -1,0 +1,222 @@
+"""Recipe: raw text -> pretrained model. BERT learns masked-LM + next-sentence prediction, GPT the
+causal language model; the objective follows the model's family.
+
+Wires the components: tokenizer, token shards (``data/shards.py``), pretraining instances
+(``data/pretraining.py``), the model, and the shared trainer. The run directory ends up a normal
+model directory (config.json, model.safetensors, tokenizer files) plus ``metrics.jsonl``,
+``loss.png``, ``pretrain_results.json`` and ``checkpoints/``.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from pretune.checkpoint import load_model, save_model, write_json_atomic
+from pretune.data.pretraining import BertInstanceConfig, BertPretrainingStream, GPTPretrainingStream
+from pretune.data.shards import prepare_corpus
+from pretune.errors import PretuneError
+from pretune.report import plot_training
+from pretune.tokenizer import Tokenizer
+from pretune.train.trainer import TrainConfig, Trainer, init_distributed, seed_everything
+
+
+@dataclass
+class PretrainSettings:
+    """Everything ``pretune pretrain`` takes (flag names with dashes become underscores)."""
+
+    model: str
+    data: list[str]
+    out: str
+    tokenizer: str | None = None
+    max_steps: int = 1000
+    batch_size: int = 32
+    seq_len: int = 128
+    lr: float = 1e-4
+    warmup_steps: int = 100
+    schedule: str | None = None  # default: linear for BERT, cosine for GPT (as in the papers)
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    grad_accum: int = 1
+    save_every: int = 0
+    eval_every: int = 0
+    log_every: int = 10
+    eval_batches: int = 20
+    keep_last: int = 2
+    seed: int = 0
+    resume: bool = False
+    no_nsp: bool = False
+    whole_word_mask: bool = False
+    static_masking: bool = False
+    dupe_factor: int = 5
+    mask_prob: float = 0.15
+    max_predictions: int | None = None
+    short_seq_prob: float = 0.1
+    val_fraction: float = 0.01
+    skip_bad_lines: bool = False
+    cache_dir: str | None = None
+    device: str = "auto"
+    precision: str = "auto"
+    compile: bool = False
+    fsdp: bool = False
+    time_budget_s: float = 0.0
+    workers: int | None = None
+    progress: bool = True
+    override: dict[str, Any] = field(default_factory=dict)  # model config fields
+
+
+def _load_tokenizer(s: PretrainSettings) -> Tokenizer | None:
+    if s.tokenizer is None:
+        return None
+    path = Path(s.tokenizer)
+    if not path.exists():
+        raise PretuneError(f"--tokenizer {path}: no such directory (train one with `pretune tokenizer train`)")
+    return Tokenizer.load(path)
+
+
+def build(s: PretrainSettings) -> tuple[nn.Module, Tokenizer]:
+    """The model to pretrain (fresh from a preset/config, or continued from a directory) and its tokenizer."""
+    tokenizer = _load_tokenizer(s)
+    spec = Path(s.model)
+    fresh = not spec.is_dir()
+    overrides = dict(s.override)
+    if fresh:
+        if tokenizer is None:
+            raise PretuneError("--tokenizer is required when --model is a preset or config file")
+        overrides.setdefault("vocab_size", tokenizer.vocab_size)
+        overrides.setdefault("max_positions", max(s.seq_len, 128))
+    loaded = load_model(s.model, overrides=overrides, tokenizer=tokenizer if not fresh else None)
+    tokenizer = tokenizer or loaded.tokenizer
+    if tokenizer is None:
+        raise PretuneError(f"--model {s.model}: has no tokenizer files; pass --tokenizer DIR")
+    if not fresh and tokenizer.vocab_size != loaded.config.vocab_size:
+        raise PretuneError(
+            f"--tokenizer has {tokenizer.vocab_size} tokens but --model {s.model} has vocab_size "
+            f"{loaded.config.vocab_size}"
+        )
+    if fresh and tokenizer.vocab_size > loaded.config.vocab_size:
+        raise PretuneError(
+            f"the tokenizer has {tokenizer.vocab_size} tokens but the model's vocab_size is {loaded.config.vocab_size}"
+        )
+    family = loaded.config.family
+    if tokenizer.kind == "wordpiece" and family == "gpt":
+        raise PretuneError("a GPT needs a BPE tokenizer with <|endoftext|>; train one with --kind bpe")
+    if tokenizer.kind == "bpe" and family == "bert":
+        raise PretuneError("a BERT needs a WordPiece tokenizer with [CLS] [SEP] [MASK]; train one with --kind wordpiece")
+    if s.seq_len > loaded.config.max_positions:
+        raise PretuneError(
+            f"--seq-len {s.seq_len} is longer than the model's max_positions ({loaded.config.max_positions})"
+        )
+    return loaded.model, tokenizer
+
+
+def _bert_eval(batches: list[dict[str, Any]], device: torch.device):
+    def evaluate(model: nn.Module) -> dict[str, float]:
+        sums: dict[str, torch.Tensor] = {}
+        for batch in batches:
+            out = model(**{k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()})
+            for k, v in out.metrics.items():
+                sums[k] = sums.get(k, 0) + v.float()
+        result = {
+            "val_mlm_loss": (sums["mlm_loss_sum"] / sums["mlm_tokens"]).item(),
+            "val_mlm_accuracy": (sums["mlm_correct"] / sums["mlm_tokens"]).item(),
+        }
+        if "nsp_count" in sums:
+            result["val_nsp_accuracy"] = (sums["nsp_correct"] / sums["nsp_count"]).item()
+        return result
+
+    return evaluate
+
+
+def _gpt_eval(batches: list[dict[str, Any]], device: torch.device):
+    def evaluate(model: nn.Module) -> dict[str, float]:
+        total = count = 0.0
+        for batch in batches:
+            out = model(**{k: v.to(device) for k, v in batch.items()})
+            total += out.metrics["lm_loss_sum"].float().item()
+            count += out.metrics["lm_tokens"].item()
+        loss = total / max(count, 1)
+        return {"val_loss": loss, "val_perplexity": math.exp(min(loss, 50))}
+
+    return evaluate
+
+
+def pretrain(s: PretrainSettings) -> dict[str, Any]:
+    """Run pretraining; returns the summary also written to ``pretrain_results.json``."""
+    d = init_distributed(s.device)
+    seed_everything(s.seed)
+    model, tokenizer = build(s)
+    family = model.cfg.family
+    out = Path(s.out)
+    if out.exists() and not out.is_dir():
+        raise PretuneError(f"--out {out}: exists and is not a directory")
+    t0 = time.perf_counter()
+    cache_root = Path(s.cache_dir) if s.cache_dir else out / "data-cache"
+    corpus = prepare_corpus(
+        s.data, tokenizer, cache_root, mode=family, val_fraction=s.val_fraction,
+        skip_bad_lines=s.skip_bad_lines, workers=s.workers, progress=s.progress and d.main,
+    )
+    prep_s = time.perf_counter() - t0
+    if s.batch_size % d.world_size:
+        raise PretuneError(f"--batch-size {s.batch_size} must be divisible by the number of processes ({d.world_size})")
+    if family == "bert":
+        icfg = BertInstanceConfig(
+            seq_len=s.seq_len, short_seq_prob=s.short_seq_prob, nsp=not s.no_nsp, mask_prob=s.mask_prob,
+            max_predictions=s.max_predictions, whole_word_mask=s.whole_word_mask,
+            dynamic_masking=not s.static_masking, dupe_factor=s.dupe_factor,
+        )
+        stream = BertPretrainingStream(corpus, "train", tokenizer, icfg, s.batch_size, s.seed, d.rank, d.world_size)
+        eval_batches = BertPretrainingStream.eval_batches(corpus, tokenizer, icfg, s.batch_size, s.eval_batches)
+        make_eval = _bert_eval
+    else:
+        stream = GPTPretrainingStream(corpus, "train", s.seq_len, s.batch_size, s.seed, d.rank, d.world_size)
+        eval_batches = GPTPretrainingStream.eval_batches(corpus, s.seq_len, s.batch_size, s.eval_batches)
+        make_eval = _gpt_eval
+    tcfg = TrainConfig(
+        out_dir=out, max_steps=s.max_steps, lr=s.lr, warmup_steps=s.warmup_steps,
+        schedule=s.schedule or ("linear" if family == "bert" else "cosine"),
+        weight_decay=s.weight_decay, grad_clip=s.grad_clip, grad_accum=s.grad_accum,
+        log_every=s.log_every, eval_every=s.eval_every, save_every=s.save_every, keep_last=s.keep_last,
+        seed=s.seed, device=s.device, precision=s.precision, compile=s.compile, resume=s.resume,
+        progress=s.progress, desc=f"pretrain {family}", fsdp=s.fsdp, time_budget_s=s.time_budget_s,
+    )
+    trainer = Trainer(model, tcfg, stream, dist_info=d)
+    device = trainer.device
+    trainer.eval_fn = make_eval(eval_batches, device)  # held-out batches, moved to the device per use
+    before = trainer.evaluate() if d.main and not (s.resume and trainer_has_checkpoint(out)) else None
+    t1 = time.perf_counter()
+    history = trainer.fit()
+    train_s = time.perf_counter() - t1
+    summary: dict[str, Any] = {}
+    if d.main:
+        save_model(out, trainer.unwrapped, tokenizer)
+        plot_training(history, out / "loss.png", title=f"pretraining {family}")
+        rates = [r["tokens_per_s"] for r in history if "tokens_per_s" in r]
+        final_eval = {k: v for r in history for k, v in r.items() if k.startswith("val_")}
+        summary = {
+            "family": family,
+            "model": asdict(model.cfg),
+            "steps": trainer.step,
+            "train_seconds": round(train_s, 1),
+            "prepare_seconds": round(prep_s, 1),
+            "tokens_per_s": round(sum(rates) / len(rates), 1) if rates else None,
+            "train_tokens": corpus.num_tokens("train"),
+            "eval_at_start": before,
+            "eval_at_end": final_eval,
+            "world_size": d.world_size,
+            "device": str(device),
+        }
+        write_json_atomic(out / "pretrain_results.json", summary)
+    return summary
+
+
+def trainer_has_checkpoint(out: Path) -> bool:
+    from pretune.train.trainer import checkpoint_dirs
+
+    return bool(checkpoint_dirs(out))
