@@ -46,11 +46,12 @@ def plot_training(records: Sequence[dict[str, Any]], out_png: str | Path, title:
     ax.grid(alpha=0.3)
     if eval_keys:
         ax2 = axes[0][1]
-        for key in (k for k in eval_keys if not k.endswith("loss") and "perplexity" not in k):
+        for key in eval_keys:
             points = [(r["step"], r[key]) for r in records if key in r]
             ax2.plot(*zip(*points), marker="o", label=key)
         ax2.set_xlabel("step")
         ax2.set_title("held-out metrics")
+        ax2.set_yscale("log" if any("perplexity" in k for k in eval_keys) else "linear")
         ax2.legend()
         ax2.grid(alpha=0.3)
     fig.tight_layout()

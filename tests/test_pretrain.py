@@ -1,0 +1,157 @@
+"""`pretune pretrain` end to end: SIGKILL + resume is bit-exact, 2-process DDP matches 1 process,
+bad input is a one-line error, and the run directory is a normal model directory."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from pretune.cli import main
+from pretune.tokenizer import train_tokenizer
+
+REPO = Path(__file__).resolve().parents[1]
+NSMC = REPO.parent / "shared" / "data" / "nsmc" / "unlabeled.txt.gz"
+SHAKESPEARE = REPO.parent / "shared" / "data" / "tinyshakespeare" / "input.txt"
+TINY = ["--set", "hidden=32", "n_heads=2", "ffn=64", "--no-progress"]
+
+
+def _env() -> dict[str, str]:
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    env.pop("WORLD_SIZE", None)
+    return env
+
+
+@pytest.fixture(scope="module")
+def korean(tmp_path_factory) -> tuple[Path, Path]:
+    if not NSMC.is_file():
+        pytest.skip(f"{NSMC} is missing (the shared data sets sit beside the repo)")
+    import gzip
+
+    root = tmp_path_factory.mktemp("korean")
+    corpus = root / "corpus.txt"
+    with gzip.open(NSMC, "rt", encoding="utf-8") as f, open(corpus, "w", encoding="utf-8") as g:
+        for i, line in enumerate(f):
+            if i > 6000 and not line.strip():
+                break
+            g.write(line)
+    tok = train_tokenizer([corpus], "wordpiece", 2000, show_progress=False)
+    tok.save(root / "tok")
+    return corpus, root / "tok"
+
+
+@pytest.fixture(scope="module")
+def english(tmp_path_factory) -> tuple[Path, Path]:
+    if not SHAKESPEARE.is_file():
+        pytest.skip(f"{SHAKESPEARE} is missing (the shared data sets sit beside the repo)")
+    root = tmp_path_factory.mktemp("english")
+    corpus = root / "shakespeare.txt"
+    corpus.write_text(SHAKESPEARE.read_text(encoding="utf-8")[:200_000], encoding="utf-8")
+    tok = train_tokenizer([corpus], "bpe", 600, show_progress=False)
+    tok.save(root / "tok")
+    return corpus, root / "tok"
+
+
+def _losses(run: Path) -> list[tuple[int, float]]:
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return [(r["step"], r["loss"]) for r in rows if "loss" in r]
+
+
+def _bert_args(corpus: Path, tok: Path, out: Path, steps: int) -> list[str]:
+    return [
+        "pretrain", "--model", "bert-tiny", "--tokenizer", str(tok), "--data", str(corpus), "--out", str(out),
+        "--max-steps", str(steps), "--batch-size", "8", "--seq-len", "32", "--lr", "1e-3", "--warmup-steps", "2",
+        "--log-every", "1", "--save-every", "4", "--eval-batches", "2", "--seed", "3", *TINY,
+    ]
+
+
+def test_sigkill_right_after_a_checkpoint_then_resume_is_bit_exact(korean, tmp_path: Path) -> None:
+    corpus, tok = korean
+    steps = 12
+    full = tmp_path / "full"
+    assert main(_bert_args(corpus, tok, full, steps)) == 0
+    killed = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "pretune", *_bert_args(corpus, tok, killed, steps)]
+    cmd[cmd.index("--save-every") + 1] = "4"
+    proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    while not (killed / "checkpoints" / "step-4" / "trainer_state.pt").exists():
+        assert proc.poll() is None, proc.stderr.read().decode()
+        assert time.time() < deadline, "no checkpoint appeared"
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "model.safetensors").exists()  # it died mid-run
+    assert main([*_bert_args(corpus, tok, killed, steps), "--resume"]) == 0
+    assert _losses(killed) == _losses(full)  # every step, bit for bit
+    assert len(_losses(full)) == steps
+    # The run directory is a normal model directory.
+    assert main(["embed", "--model", str(killed), "--pool", "cls", "영화 최고"]) == 0
+    assert main(["convert", "--to-hf", str(killed), "--out", str(tmp_path / "hf")]) == 0
+    results = json.loads((killed / "pretrain_results.json").read_text())
+    assert results["steps"] == steps and (killed / "loss.png").is_file()
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="gloo multi-process test is run on Linux")
+def test_two_process_ddp_matches_one_process_loss_curve(english, tmp_path: Path) -> None:
+    corpus, tok = english
+    args = [
+        "pretrain", "--model", "gpt-tiny", "--tokenizer", str(tok), "--data", str(corpus), "--max-steps", "6",
+        "--batch-size", "8", "--seq-len", "32", "--lr", "1e-3", "--warmup-steps", "1", "--log-every", "1",
+        "--eval-batches", "1", "--seed", "5", "--set", "hidden=32", "n_heads=2", "ffn=64", "dropout=0", "attn_dropout=0",
+        "--no-progress", "--cache-dir", str(tmp_path / "cache"), "--device", "cpu",
+    ]
+    assert main([*args, "--out", str(tmp_path / "one")]) == 0
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533", "-m", "pretune"]
+    res = subprocess.run([*torchrun, *args, "--out", str(tmp_path / "two")], env=_env(), capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    one, two = _losses(tmp_path / "one"), _losses(tmp_path / "two")
+    assert [s for s, _ in one] == [s for s, _ in two] == list(range(1, 7))
+    assert max(abs(a - b) for (_, a), (_, b) in zip(one, two)) <= 1e-4
+    assert json.loads((tmp_path / "two" / "pretrain_results.json").read_text())["world_size"] == 2
+
+
+def test_gpt_loss_falls_on_shakespeare(english, tmp_path: Path) -> None:
+    corpus, tok = english
+    out = tmp_path / "gpt"
+    assert main([
+        "pretrain", "--model", "gpt-tiny", "--tokenizer", str(tok), "--data", str(corpus), "--out", str(out),
+        "--max-steps", "30", "--batch-size", "8", "--seq-len", "32", "--lr", "3e-3", "--warmup-steps", "3",
+        "--eval-batches", "4", *TINY,
+    ]) == 0
+    res = json.loads((out / "pretrain_results.json").read_text())
+    assert res["eval_at_end"]["val_loss"] < res["eval_at_start"]["val_loss"] - 0.5
+
+
+def _error(args: list[str], capsys) -> str:
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "Traceback" not in err
+    return err
+
+
+def test_bad_input_is_a_one_line_error(korean, english, tmp_path: Path, capsys) -> None:
+    corpus, tok = korean
+    base = ["pretrain", "--model", "bert-tiny", "--tokenizer", str(tok), "--out", str(tmp_path / "o"), *TINY]
+    assert "nope.txt" in _error([*base, "--data", str(tmp_path / "nope.txt")], capsys)
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    assert "empty" in _error([*base, "--data", str(empty)], capsys)
+    bad = tmp_path / "bad.txt"
+    bad.write_bytes("좋은 영화\n".encode() * 3 + b"\xff\xfe broken\n")
+    assert "bad.txt:4" in _error([*base, "--data", str(bad)], capsys)
+    small = tmp_path / "small.txt"
+    small.write_text("한 줄\n\n두 줄\n", encoding="utf-8")
+    assert "--batch-size" in _error([*base, "--data", str(small), "--val-fraction", "0"], capsys)
+    assert "BPE" in _error(["pretrain", "--model", "gpt-tiny", "--tokenizer", str(tok), "--data", str(corpus), "--out", str(tmp_path / "g")], capsys)
+    assert "preset" in _error(["pretrain", "--model", "bert-enormous", "--tokenizer", str(tok), "--data", str(corpus), "--out", str(tmp_path / "x")], capsys)
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text("max-steps: 3\nbogus_flag: 1\n")
+    assert "bogus_flag" in _error([*base, "--data", str(corpus), "--config", str(cfg)], capsys)
+    assert not (tmp_path / "o" / "model.safetensors").exists()
