@@ -73,9 +73,17 @@ def embed(
     return out
 
 
-def token_vector(item: Embedded, piece: str) -> torch.Tensor:
-    """The vector of the first token equal to ``piece`` (e.g. "눈")."""
+def token_vector(item: Embedded, piece: str, prefix: bool = False) -> torch.Tensor:
+    """The vector of the first token equal to ``piece`` (e.g. "눈").
+
+    With ``prefix``, a token that starts with ``piece`` also matches, for vocabularies that keep
+    the word with its particle as one token ("눈이").
+    """
     for i, tok in enumerate(item.tokens):
         if tok == piece:
             return item.vectors[i]
+    if prefix:
+        for i, tok in enumerate(item.tokens):
+            if tok.startswith(piece):
+                return item.vectors[i]
     raise PretuneError(f"token {piece!r} not found in {item.tokens} (text {item.text!r})")
