@@ -56,14 +56,14 @@ class DemoSettings:
     budgets: list[int] = field(default_factory=lambda: [500, 2000, 10000])
     test_sample: int = 5000
     validation_size: int = 1000
-    model: str = "bert-mini"
+    model: str = "bert-tiny"
     gpt_model: str = "gpt-mini"
     vocab_size: int = 8000
     tokenizer_lines: int = 300_000
     corpus_lines: int | None = None  # use only the first N lines of the corpus (tests)
     seq_len: int = 128
     pretrain_batch: int = 32
-    pretrain_lr: float = 5e-4
+    pretrain_lr: float = 1e-3
     pretrain_seconds: float | None = None  # default: from --minutes
     finetune_seq_len: int = 64
     finetune_batch: int = 32
@@ -192,7 +192,7 @@ def pretrain_stage(kind: str, corpus: Path, tokenizer_dir: Path, out: Path, seco
         batch_size=s.pretrain_batch,
         seq_len=s.seq_len,
         lr=s.pretrain_lr,
-        warmup_steps=50,
+        warmup_steps=30,
         eval_every=0,
         log_every=10,
         save_every=0,

@@ -28,6 +28,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--budgets", type=int, nargs="+", help="label budgets (default 500 2000 10000)")
     p.add_argument("--test-sample", type=int, help="test reviews scored (default 5000)")
     p.add_argument("--pretrain-seconds", type=float, help="pretraining time (default: from --minutes)")
+    p.add_argument("--model", help="BERT preset to pretrain and compare (default bert-tiny)")
     p.add_argument("--corpus-lines", type=int, help="use only the first N lines of the unlabeled corpus")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=run)
@@ -39,6 +40,8 @@ def run(args: argparse.Namespace) -> int:
         gpt=args.gpt, analysis=args.analysis, full_test=args.full_test, progress=not args.no_progress,
         pretrain_seconds=args.pretrain_seconds, corpus_lines=args.corpus_lines,
     )
+    if args.model:
+        s.model = args.model
     if args.budgets:
         s.budgets = sorted(args.budgets)
     if args.test_sample:

@@ -1,0 +1,49 @@
+"""The main job end to end on a very small budget: every output file is written and well formed."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from pretune.cli import main
+from pretune.demo import DemoSettings, run_demo
+
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+@pytest.mark.skipif(not (DATA / "nsmc" / "train.tsv").is_file(), reason=f"{DATA}/nsmc is missing")
+def test_demo_pipeline_writes_results_plots_and_report(tmp_path: Path) -> None:
+    s = DemoSettings(
+        out=str(tmp_path / "demo"), data_dir=str(DATA), budgets=[64], test_sample=64, validation_size=64,
+        corpus_lines=3000, tokenizer_lines=3000, vocab_size=1500, pretrain_seconds=4, seq_len=64,
+        finetune_seq_len=32, finetune_epochs={64: 1}, pretrain_batch=16, progress=False,
+    )
+    results = run_demo(s, command="pretune demo (test)")
+    out = Path(s.out)
+    for name in ("results.json", "report.md", "learning_curve.png", "pretrain_loss.png"):
+        assert (out / name).is_file() and (out / name).stat().st_size > 0, name
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["test_size"] == 64
+    runs = {(r["model"], r["init"], r["labels"]) for r in saved["runs"]}
+    assert runs == {("bert", "pretrained", 64), ("bert", "scratch", 64)}
+    for r in saved["runs"]:
+        assert set(r) >= {"model", "init", "labels", "accuracy", "seconds"} and 0.0 <= r["accuracy"] <= 1.0
+    emb = saved["contextual_embedding"]
+    assert len(emb["cosine"]) == 6 and all(abs(emb["cosine"][i][i] - 1) < 1e-5 for i in range(6))
+    report = (out / "report.md").read_text()
+    assert "| bert | pretrained | 64 |" in report and "눈이 와서 너무 좋다" in report and "learning_curve.png" in report
+    assert results["pretrain"]["bert"]["steps"] >= 1
+    # A second run with the same --out reuses the tokenizer and the pretrained model.
+    tok_mtime = (out / "tokenizer" / "tokenizer.json").stat().st_mtime_ns
+    model_mtime = (out / "pretrain-bert" / "model.safetensors").stat().st_mtime_ns
+    run_demo(s)
+    assert (out / "tokenizer" / "tokenizer.json").stat().st_mtime_ns == tok_mtime
+    assert (out / "pretrain-bert" / "model.safetensors").stat().st_mtime_ns == model_mtime
+
+
+def test_demo_names_the_download_command_when_data_is_missing(tmp_path: Path, capsys) -> None:
+    assert main(["demo", "--data-dir", str(tmp_path / "nodata"), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "pretune data download nsmc" in err
