@@ -55,7 +55,7 @@ class DemoSettings:
     full_test: bool = False
     budgets: list[int] = field(default_factory=lambda: [500, 2000, 10000])
     test_sample: int = 5000
-    validation_size: int = 1000
+    validation_size: int = 500
     model: str = "bert-tiny"
     gpt_model: str = "gpt-mini"
     vocab_size: int = 8000
@@ -64,10 +64,11 @@ class DemoSettings:
     seq_len: int = 128
     pretrain_batch: int = 32
     pretrain_lr: float = 1e-3
+    mask_prob: float = 0.15
     pretrain_seconds: float | None = None  # default: from --minutes
     finetune_seq_len: int = 64
     finetune_batch: int = 32
-    finetune_lr: float = 1e-4
+    finetune_lr: float = 3e-4
     finetune_epochs: dict[int, float] = field(default_factory=dict)  # labels -> epochs (default rule below)
     seed: int = 0
     progress: bool = True
@@ -192,6 +193,7 @@ def pretrain_stage(kind: str, corpus: Path, tokenizer_dir: Path, out: Path, seco
         batch_size=s.pretrain_batch,
         seq_len=s.seq_len,
         lr=s.pretrain_lr,
+        mask_prob=s.mask_prob,
         warmup_steps=30,
         eval_every=0,
         log_every=10,
