@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pretune.config import ModelConfig
-from pretune.models.core import Transformer, activation, init_weights
+from pretune.models.core import Transformer, activation, init_weights, linear_cross_entropy
 
 
 class Pooler(nn.Module):
@@ -38,8 +38,11 @@ class MLMHead(nn.Module):
         self.norm = nn.LayerNorm(cfg.hidden, eps=cfg.layer_norm_eps)
         self.bias = nn.Parameter(torch.zeros(cfg.vocab_size))
 
+    def transform(self, hidden: Tensor) -> Tensor:
+        return self.norm(self.act(self.dense(hidden)))
+
     def forward(self, hidden: Tensor, embedding: Tensor) -> Tensor:
-        return F.linear(self.norm(self.act(self.dense(hidden))), embedding, self.bias)
+        return F.linear(self.transform(hidden), embedding, self.bias)
 
 
 @dataclass
@@ -83,6 +86,7 @@ class BERT(nn.Module):
         nsp_labels: Tensor | None = None,
         mlm_positions: Tensor | None = None,
         output_hidden_states: bool = False,
+        return_logits: bool = True,
     ) -> BertOutput:
         """Run the body and, for the targets given, the heads.
 
@@ -90,6 +94,10 @@ class BERT(nn.Module):
         nothing is predicted, or ``mlm_positions`` (b, p) with ``mlm_labels`` (b, p), a fixed
         number of prediction slots per sequence (padded with label -100), which gathers without
         a host-device synchronisation.
+
+        ``return_logits=False`` (pretraining) computes the masked-LM loss and metrics with
+        :func:`linear_cross_entropy`, without the ``(n_masked, vocab)`` logits; ``mlm_logits`` is
+        then None. The loss is the same.
         """
         hidden, states = self.body(input_ids, padding_mask, token_type_ids, output_hidden_states)
         pooled = self.pooler(hidden)
@@ -103,13 +111,22 @@ class BERT(nn.Module):
             else:
                 selected = mlm_labels != -100
                 picked, targets = hidden[selected], mlm_labels[selected]
-            logits = self.mlm_logits(picked)
-            total = F.cross_entropy(logits.float(), targets, ignore_index=-100, reduction="sum")
-            count = (targets != -100).sum()
+            if return_logits:
+                logits = self.mlm_logits(picked)
+                total = F.cross_entropy(
+                    logits if logits.dtype == torch.float32 else logits.float(), targets,
+                    ignore_index=-100, reduction="sum",
+                )
+                count = (targets != -100).sum()
+                correct = ((logits.argmax(-1) == targets) & (targets != -100)).sum()
+                out.mlm_logits = logits
+            else:
+                total, count, correct = linear_cross_entropy(
+                    self.mlm.transform(picked), self.body.embeddings.tok.weight, targets, self.mlm.bias,
+                    with_correct=True,
+                )
             out.mlm_loss = total / count.clamp(min=1)
-            out.mlm_logits = logits
             losses.append(out.mlm_loss)
-            correct = ((logits.argmax(-1) == targets) & (targets != -100)).sum()
             out.metrics.update(mlm_loss_sum=total.detach(), mlm_tokens=count, mlm_correct=correct)
         if nsp_labels is not None:
             out.nsp_logits = self.nsp(pooled)

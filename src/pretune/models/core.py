@@ -53,6 +53,11 @@ class Embeddings(nn.Module):
         return self.drop(x)
 
 
+# On the CPU, attention with dropout (training) runs through ``_attention_with_dropout`` rather
+# than SDPA's math fallback; set False to always use SDPA (for comparisons).
+CPU_DROPOUT_ATTENTION = True
+
+
 class SelfAttention(nn.Module):
     """Multi-head self-attention with one fused QKV projection and SDPA."""
 
@@ -66,13 +71,30 @@ class SelfAttention(nn.Module):
     def forward(self, x: Tensor, mask: Tensor | None, causal: bool) -> Tensor:
         b, t, h = x.shape
         q, k, v = self.qkv(x).view(b, t, 3, self.n_heads, h // self.n_heads).permute(2, 0, 3, 1, 4)
-        y = F.scaled_dot_product_attention(
-            q, k, v,
-            attn_mask=mask,
-            dropout_p=self.attn_dropout if self.training else 0.0,
-            is_causal=causal and mask is None,
-        )
+        dropout = self.attn_dropout if self.training else 0.0
+        if dropout and x.device.type == "cpu" and CPU_DROPOUT_ATTENTION:
+            # SDPA's CPU flash kernel has no dropout: it falls back to its math path, which costs
+            # more than this one (measured in docs/benchmarks.md). The same computation.
+            y = _attention_with_dropout(q, k, v, mask, causal, dropout)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=causal and mask is None)
         return self.proj(y.transpose(1, 2).reshape(b, t, h))
+
+
+def _attention_with_dropout(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, causal: bool, p: float) -> Tensor:
+    """softmax(q k^T / sqrt(d) masked) with dropout, times v: SDPA's math, in three batched kernels."""
+    b, n, t, d = q.shape
+    scores = torch.baddbmm(
+        q.new_empty(b * n, t, t), q.reshape(b * n, t, d), k.reshape(b * n, t, d).transpose(1, 2),
+        beta=0.0, alpha=d**-0.5,
+    ).view(b, n, t, t)
+    if mask is None and causal:
+        mask = torch.ones(t, t, dtype=torch.bool, device=q.device).tril()
+    if mask is not None:
+        # a finite minimum: a row with every key masked gets uniform weights rather than NaN
+        scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
+    probs = F.dropout(torch.softmax(scores, dim=-1), p, training=True)
+    return torch.bmm(probs.view(b * n, t, t), v.reshape(b * n, t, d)).view(b, n, t, d)
 
 
 class FeedForward(nn.Module):
@@ -163,6 +185,153 @@ class Transformer(nn.Module):
         return x, states
 
 
+# --- output layer + cross-entropy, fused and chunked ------------------------------------------------
+
+# Work sizes, in logits elements. A chunk of rows is the unit of every matmul (large enough that
+# the (vocab, h) weight-gradient accumulator is read and written only a few times per step, and
+# that the GEMMs stay efficient); only one chunk's fp32 logits exist at a time. Blocks (rows
+# within a chunk that go through softmax and the hidden-gradient matmul together) can be set
+# smaller to stay in cache; measured on a 2-core CPU, smaller blocks lost to per-op overhead, so
+# by default a block is the whole chunk.
+CE_CHUNK_ELEMENTS = {"cpu": 1 << 25, "cuda": 1 << 28}
+CE_BLOCK_ELEMENTS: dict[str, int] = {}
+
+
+def _ce_sizes(device: torch.device, vocab: int, rows: int) -> tuple[int, int]:
+    chunk = max(1, min(rows, CE_CHUNK_ELEMENTS.get(device.type, 1 << 26) // max(1, vocab)))
+    block = CE_BLOCK_ELEMENTS.get(device.type)
+    block = chunk if block is None else max(1, min(chunk, block // max(1, vocab)))
+    return chunk, block
+
+
+class _LinearCrossEntropy(torch.autograd.Function):
+    """Sum of ``cross_entropy(hidden @ weight.T + bias, targets)`` without the full logits.
+
+    The forward pass walks over chunks of rows: logits of the chunk, log-softmax (in fp32), the
+    loss of the chunk and, when gradients are needed, the gradient right away (``softmax -
+    onehot``, multiplied into the gradients of ``hidden``, ``weight`` and ``bias``), as
+    Liger-Kernel's fused linear cross-entropy does. Backward only scales the stored gradients by
+    the incoming scalar. Rows whose target is ``ignore_index`` add nothing.
+    """
+
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, targets, ignore_index, chunk, block, with_correct, grad_enabled):  # noqa: D102
+        n, vocab = hidden.shape[0], weight.shape[0]
+        # needs_input_grad says True under no_grad too: the caller tells whether grad mode is on
+        need_h, need_w, need_b = (grad_enabled and need for need in ctx.needs_input_grad[:3])
+        need_b = need_b and bias is not None
+        need_any = need_h or need_w or need_b
+        fp32 = weight.dtype == torch.float32
+        acc = torch.float32 if weight.dtype in (torch.float16, torch.bfloat16) else weight.dtype
+        grad_h = torch.empty_like(hidden) if need_h else None
+        grad_w = torch.zeros(weight.shape, dtype=acc, device=weight.device) if need_w else None
+        grad_b = torch.zeros(vocab, dtype=acc, device=weight.device) if need_b else None
+        total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+        correct = torch.zeros((), dtype=torch.long, device=hidden.device)
+        buf = torch.empty(min(chunk, n), vocab, dtype=torch.float32, device=hidden.device)
+        wt = weight.t()
+        for start in range(0, n, chunk):
+            stop = min(n, start + chunk)
+            valid_c = targets[start:stop] != ignore_index
+            for s in range(start, stop, block):
+                e = min(stop, s + block)
+                x = buf[s - start : e - start]
+                h = hidden[s:e]
+                if fp32:
+                    if bias is None:
+                        torch.mm(h, wt, out=x)
+                    else:
+                        torch.addmm(bias, h, wt, out=x)
+                else:
+                    x.copy_(F.linear(h, weight, bias))
+                t = targets[s:e]
+                valid = valid_c[s - start : e - start]
+                safe = torch.where(valid, t, 0).unsqueeze(1)
+                if x.device.type == "cpu":
+                    # row by row, the CPU kernel reads a row before it writes it: in place is exact
+                    # (tested) and 4x faster than logsumexp + subtract
+                    torch.log_softmax(x, dim=1, out=x)
+                else:
+                    x.copy_(torch.log_softmax(x, dim=1))
+                picked = x.gather(1, safe).squeeze(1)
+                total -= torch.where(valid, picked, 0.0).sum()
+                if with_correct:
+                    correct += ((x.argmax(dim=1) == t) & valid).sum()
+                if need_any:
+                    x.exp_()  # softmax, in place
+                    x.scatter_add_(1, safe, -valid.to(x.dtype).unsqueeze(1))  # minus one-hot
+                    if need_h:
+                        g = x if fp32 else x.to(weight.dtype)
+                        rows = grad_h[s:e]
+                        torch.mm(g, weight, out=rows)
+                        rows *= valid.to(rows.dtype).unsqueeze(1)  # ignored rows: no gradient
+            if need_w or need_b:
+                g = buf[: stop - start]
+                g = g if fp32 else g.to(weight.dtype)
+                mask = valid_c.to(g.dtype)
+                if need_w:
+                    hv = hidden[start:stop] * mask.unsqueeze(1).to(hidden.dtype)
+                    if grad_w.dtype == g.dtype:
+                        grad_w.addmm_(g.t(), hv)
+                    else:
+                        grad_w += torch.mm(g.t(), hv).to(grad_w.dtype)
+                if need_b:
+                    grad_b += (mask @ g).to(grad_b.dtype)
+        ctx.grads = (grad_h, grad_w, grad_b)
+        ctx.dtypes = (hidden.dtype, weight.dtype, None if bias is None else bias.dtype)
+        ctx.mark_non_differentiable(correct)
+        return total, correct
+
+    @staticmethod
+    def backward(ctx, grad_total, _grad_correct):  # noqa: D102
+        if ctx.grads is None:
+            raise RuntimeError("linear_cross_entropy: backward through the same graph twice is not supported")
+        grads, dtypes = ctx.grads, ctx.dtypes
+        ctx.grads = None
+        out = [None if g is None else g.mul_(grad_total.to(g.dtype)).to(dtype) for g, dtype in zip(grads, dtypes)]
+        return out[0], out[1], out[2], None, None, None, None, None, None
+
+
+@torch.compiler.disable  # eager under torch.compile: a Python loop of large matmuls gains nothing from tracing
+def linear_cross_entropy(
+    hidden: Tensor,
+    weight: Tensor,
+    targets: Tensor,
+    bias: Tensor | None = None,
+    *,
+    ignore_index: int = -100,
+    chunk_rows: int | None = None,
+    block_rows: int | None = None,
+    with_correct: bool = False,
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """``(loss_sum, count, correct)`` of ``F.cross_entropy(F.linear(hidden, weight, bias), targets)``.
+
+    Equal to the dense computation (fp32 softmax) without materialising ``(rows, vocab)`` logits
+    beyond one chunk; ``hidden`` is ``(..., h)`` and ``targets`` the matching ``(...)`` with
+    ``ignore_index`` where nothing is predicted. ``correct`` (argmax hits on counted rows) is
+    computed only when asked. Under autocast the matmuls run in the autocast dtype, as
+    ``F.linear`` would, and the softmax in fp32. No host-device synchronisation.
+    """
+    hidden = hidden.reshape(-1, hidden.shape[-1])
+    targets = targets.reshape(-1)
+    device_type = hidden.device.type
+    if torch.is_autocast_enabled(device_type):
+        dtype = torch.get_autocast_dtype(device_type)
+        hidden, weight = hidden.to(dtype), weight.to(dtype)
+        bias = None if bias is None else bias.to(dtype)
+    elif hidden.dtype != weight.dtype:
+        hidden = hidden.to(weight.dtype)
+    chunk, block = _ce_sizes(hidden.device, weight.shape[0], hidden.shape[0])
+    chunk = chunk_rows or chunk
+    block = min(chunk, block_rows or block)
+    with torch.autocast(device_type, enabled=False):
+        total, correct = _LinearCrossEntropy.apply(
+            hidden, weight, bias, targets, ignore_index, chunk, block, with_correct, torch.is_grad_enabled()
+        )
+    count = (targets != ignore_index).sum()
+    return total, count, (correct if with_correct else None)
+
+
 def init_weights(module: nn.Module, std: float) -> None:
     """BERT/GPT initialisation: N(0, std) for Linear and Embedding, ones/zeros for LayerNorm."""
     for m in module.modules():
@@ -183,5 +352,5 @@ def count_parameters(module: nn.Module) -> int:
 
 __all__ = [
     "Block", "Embeddings", "FeedForward", "SelfAttention", "Transformer",
-    "activation", "attention_mask", "count_parameters", "init_weights",
+    "activation", "attention_mask", "count_parameters", "init_weights", "linear_cross_entropy",
 ]

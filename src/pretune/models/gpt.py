@@ -9,11 +9,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pretune.config import ModelConfig
-from pretune.models.core import Transformer, init_weights
+from pretune.models.core import Transformer, init_weights, linear_cross_entropy
 
 
 @dataclass
@@ -47,22 +48,44 @@ class GPT(nn.Module):
         padding_mask: Tensor | None = None,
         labels: Tensor | None = None,
         output_hidden_states: bool = False,
+        return_logits: bool = True,
     ) -> GPTOutput:
-        """``labels`` are token ids aligned with ``input_ids`` (-100 = ignore); position t predicts t+1."""
+        """``labels`` are token ids aligned with ``input_ids`` (-100 = ignore); position t predicts t+1.
+
+        With labels and ``return_logits=False`` (pretraining), the loss comes from
+        :func:`linear_cross_entropy`: the same value without the ``(b, t, vocab)`` logits, chunk by
+        chunk, and ``logits`` is None. Otherwise the full logits are returned too.
+        """
         hidden, states = self.body(input_ids, padding_mask, None, output_hidden_states)
-        logits = self.lm_logits(hidden)
-        loss = None
+        loss = logits = None
         metrics: dict[str, Tensor] = {}
-        if labels is not None:
-            loss, metrics = lm_loss(logits, labels)
+        if labels is not None and not return_logits:
+            # the last position predicts nothing: leave it out of the output layer
+            total, count, _ = linear_cross_entropy(
+                hidden[:, :-1], self.body.embeddings.tok.weight, labels[:, 1:]
+            )
+            loss = total / count.clamp(min=1)
+            metrics = {"lm_loss_sum": total.detach(), "lm_tokens": count}
+        else:
+            logits = self.lm_logits(hidden)
+            if labels is not None:
+                loss, metrics = lm_loss(logits, labels)
         return GPTOutput(loss, logits, hidden, states, metrics)
 
 
+def shift_labels(labels: Tensor) -> Tensor:
+    """Targets aligned with the logits: position t's target is labels[t+1]; the last is -100."""
+    return F.pad(labels[:, 1:], (0, 1), value=-100)
+
+
 def lm_loss(logits: Tensor, labels: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
-    """Next-token cross-entropy: logits at t score labels at t+1; -100 labels are ignored."""
-    pred = logits[:, :-1].reshape(-1, logits.shape[-1]).float()
-    target = labels[:, 1:].reshape(-1)
-    total = F.cross_entropy(pred, target, ignore_index=-100, reduction="sum")
+    """Next-token cross-entropy: logits at t score labels at t+1; -100 labels are ignored.
+
+    The labels are shifted rather than the logits, so the ``(b, t, vocab)`` logits are not copied.
+    """
+    target = shift_labels(labels).reshape(-1)
+    pred = logits.reshape(-1, logits.shape[-1])
+    total = F.cross_entropy(pred if pred.dtype == torch.float32 else pred.float(), target, ignore_index=-100, reduction="sum")
     count = (target != -100).sum()
     loss = total / count.clamp(min=1)
     return loss, {"lm_loss_sum": total.detach(), "lm_tokens": count}

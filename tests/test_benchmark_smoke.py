@@ -1,0 +1,226 @@
+"""The HF comparison harness on a micro case, and the fast paths it measures against the plain ones."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from pretune.config import preset
+from pretune.models import build_model, core
+from pretune.models.core import _attention_with_dropout, attention_mask, linear_cross_entropy
+
+ROOT = Path(__file__).resolve().parents[1]
+KEYS = {
+    "model", "mode", "device", "dtype", "batch", "seq_len", "pretune_tokens_per_s", "hf_tokens_per_s", "ratio",
+    "pretune_peak_mem_mb", "hf_peak_mem_mb",
+}
+MICRO = {"vocab_size": 500, "max_positions": 64}
+
+
+def _harness():
+    spec = importlib.util.spec_from_file_location("compare_hf", ROOT / "benchmarks" / "compare_hf.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["compare_hf"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("name", ["bert-tiny", "gpt-tiny"])
+@pytest.mark.parametrize("mode", ["train", "infer"])
+def test_harness_micro_case_prints_the_keys_and_equal_first_losses(name: str, mode: str) -> None:
+    pytest.importorskip("transformers")
+    harness = _harness()
+    record = harness.run_case(name, mode, 2, 32, warmup=0, repeats=1, overrides=MICRO)
+    assert KEYS <= set(record)
+    assert record["model"] == name and record["mode"] == mode and record["batch"] == 2 and record["seq_len"] == 32
+    assert record["pretune_tokens_per_s"] > 0 and record["hf_tokens_per_s"] > 0
+    assert abs(record["pretune_loss0"] - record["hf_loss0"]) <= 1e-4
+    if record["pretune_peak_mem_mb"] is not None:
+        assert record["pretune_peak_mem_mb"] > 0 and record["hf_peak_mem_mb"] > 0
+
+
+def test_harness_can_use_the_trainers_optimizer() -> None:
+    pytest.importorskip("transformers")
+    pytest.importorskip("pretune.train.trainer")
+    harness = _harness()
+    record = harness.run_case("gpt-tiny", "train", 2, 16, warmup=0, repeats=1, overrides=MICRO, optimizer="trainer", memory=False)
+    assert record["optimizer"] == "trainer" and record["ratio"] > 0
+
+
+def test_harness_command_line_prints_one_json_line_per_case(capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("transformers")
+    import json
+
+    harness = _harness()
+    harness.CASES[:] = [("gpt-tiny", 16, 2, 2)]
+    assert harness.main(["--warmup", "0", "--repeats", "1", "--modes", "infer", "--no-memory"]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.strip()]
+    assert len(lines) == 1 and KEYS <= set(json.loads(lines[0]))
+
+
+def test_ablation_runs_every_variant() -> None:
+    harness = _harness()
+    harness.ABLATIONS  # noqa: B018
+    record = harness.run_ablation("gpt-tiny", "infer", 2, 16, warmup=0, repeats=1, memory=False)
+    assert set(record["ablation"]) == {"logits", "fused_ce"}
+
+
+# --- linear_cross_entropy == F.cross_entropy(F.linear(...)) ------------------------------------------
+
+
+def _dense(h, w, b, t):
+    return F.cross_entropy(F.linear(h, w, b), t, ignore_index=-100, reduction="sum")
+
+
+@pytest.mark.parametrize("with_bias", [False, True])
+@pytest.mark.parametrize("chunk,block", [(None, None), (1, 1), (7, 3), (16, 16), (100, 100)])
+def test_fused_cross_entropy_equals_dense_in_value_and_gradients(with_bias: bool, chunk, block) -> None:
+    torch.manual_seed(0)
+    n, h, v = 37, 16, 101
+    hidden = torch.randn(n, h, requires_grad=True)
+    weight = torch.randn(v, h, requires_grad=True)
+    bias = torch.randn(v, requires_grad=True) if with_bias else None
+    targets = torch.randint(0, v, (n,))
+    targets[::4] = -100
+    params = [p for p in (hidden, weight, bias) if p is not None]
+
+    ref = _dense(hidden, weight, bias, targets)
+    count = (targets != -100).sum()
+    (ref / count).backward()
+    ref_grads = [p.grad.clone() for p in params]
+    for p in params:
+        p.grad = None
+    total, got_count, correct = linear_cross_entropy(
+        hidden, weight, targets, bias, chunk_rows=chunk, block_rows=block, with_correct=True
+    )
+    (total / got_count).backward()
+
+    assert got_count == count
+    assert abs((total / got_count).item() - (ref / count).item()) <= 1e-5
+    for p, g in zip(params, ref_grads):
+        assert (p.grad - g).abs().max().item() <= 1e-5
+    with torch.no_grad():
+        logits = F.linear(hidden, weight, bias)
+    assert correct == ((logits.argmax(1) == targets) & (targets != -100)).sum()
+
+
+def test_fused_cross_entropy_without_grad_and_with_every_row_ignored() -> None:
+    torch.manual_seed(1)
+    hidden, weight = torch.randn(5, 8, requires_grad=True), torch.randn(11, 8, requires_grad=True)
+    targets = torch.randint(0, 11, (5,))
+    with torch.no_grad():
+        total, _, _ = linear_cross_entropy(hidden, weight, targets)
+    assert not total.requires_grad
+    assert abs(total.item() - _dense(hidden, weight, None, targets).item()) <= 1e-4
+    with torch.inference_mode():
+        linear_cross_entropy(hidden, weight, targets)
+    total, count, _ = linear_cross_entropy(hidden, weight, torch.full((5,), -100))
+    (total / count.clamp(min=1)).backward()
+    assert total.item() == 0 and count.item() == 0 and hidden.grad.abs().max() == 0
+
+
+def test_fused_cross_entropy_under_bf16_autocast_is_close_to_dense() -> None:
+    torch.manual_seed(2)
+    hidden, weight = torch.randn(20, 16, requires_grad=True), torch.randn(50, 16, requires_grad=True)
+    targets = torch.randint(0, 50, (20,))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ref = F.cross_entropy(F.linear(hidden, weight).float(), targets, reduction="sum")
+        total, _, _ = linear_cross_entropy(hidden, weight, targets)
+    assert abs(total.item() - ref.item()) <= 1e-3 * abs(ref.item())
+    total.backward()
+    assert hidden.grad.dtype == torch.float32 and weight.grad.dtype == torch.float32
+
+
+def test_gpt_fused_loss_equals_the_logits_path_with_the_same_gradients() -> None:
+    cfg = preset("gpt-tiny", vocab_size=300, max_positions=32, dropout=0.0, attn_dropout=0.0)
+    torch.manual_seed(0)
+    a = build_model(cfg)
+    b = build_model(cfg)
+    b.load_state_dict(a.state_dict())
+    ids = torch.randint(0, 300, (3, 20))
+    labels = ids.clone()
+    labels[1, 12:] = -100
+    mask = torch.ones_like(ids)
+    mask[1, 12:] = 0
+    dense = a(ids, padding_mask=mask, labels=labels)
+    fused = b(ids, padding_mask=mask, labels=labels, return_logits=False)
+    assert dense.logits is not None and fused.logits is None
+    assert abs(dense.loss.item() - fused.loss.item()) <= 1e-5
+    assert dense.metrics["lm_tokens"] == fused.metrics["lm_tokens"]
+    dense.loss.backward()
+    fused.loss.backward()
+    for (name, p), q in zip(a.named_parameters(), b.parameters()):
+        assert (p.grad - q.grad).abs().max().item() <= 1e-5, name
+
+
+def test_bert_fused_mlm_equals_the_logits_path_with_metrics_and_gradients() -> None:
+    cfg = preset("bert-tiny", vocab_size=300, max_positions=32, dropout=0.0, attn_dropout=0.0)
+    torch.manual_seed(0)
+    a = build_model(cfg)
+    b = build_model(cfg)
+    b.load_state_dict(a.state_dict())
+    ids = torch.randint(5, 300, (2, 16))
+    positions = torch.tensor([[1, 4, 9, 0], [2, 3, 0, 0]])
+    targets = torch.tensor([[7, 8, 9, -100], [10, 11, -100, -100]])
+    nsp = torch.tensor([0, 1])
+    kw = dict(mlm_positions=positions, mlm_labels=targets, nsp_labels=nsp)
+    dense, fused = a(ids, **kw), b(ids, return_logits=False, **kw)
+    assert fused.mlm_logits is None and dense.mlm_logits is not None
+    assert abs(dense.loss.item() - fused.loss.item()) <= 1e-5
+    for key in ("mlm_tokens", "mlm_correct"):
+        assert dense.metrics[key] == fused.metrics[key]
+    assert abs(dense.metrics["mlm_loss_sum"].item() - fused.metrics["mlm_loss_sum"].item()) <= 1e-4
+    dense.loss.backward()
+    fused.loss.backward()
+    for (name, p), q in zip(a.named_parameters(), b.parameters()):
+        assert (p.grad - q.grad).abs().max().item() <= 1e-5, name
+
+
+# --- CPU attention with dropout == SDPA ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("padded", [False, True])
+def test_cpu_dropout_attention_equals_sdpa_without_dropout(causal: bool, padded: bool) -> None:
+    torch.manual_seed(0)
+    b, n, t, d = 3, 2, 7, 4
+    q, k, v = (torch.randn(b, n, t, d, dtype=torch.float64, requires_grad=True) for _ in range(3))
+    pad = torch.tensor([[1] * 7, [1] * 4 + [0] * 3, [1] * 2 + [0] * 5]) if padded else None
+    mask = attention_mask(pad, causal, t)
+    ref = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal and mask is None)
+    got = _attention_with_dropout(q, k, v, mask, causal, 0.0)
+    keep = torch.ones(b, dtype=torch.bool)[:, None, None, None] if pad is None else pad.bool()[:, None, :, None]
+    keep = keep.expand(b, n, t, d)
+    assert (ref - got)[keep].abs().max().item() <= 1e-12
+    grads_ref = torch.autograd.grad((ref * keep).sum(), (q, k, v))
+    grads_got = torch.autograd.grad((got * keep).sum(), (q, k, v))
+    for a, g in zip(grads_ref, grads_got):
+        assert (a - g).abs().max().item() <= 1e-12
+
+
+def test_cpu_dropout_attention_keeps_the_expectation() -> None:
+    torch.manual_seed(0)
+    x = torch.ones(1, 1, 64, 8)
+    outs = torch.stack([_attention_with_dropout(x, x, x, None, False, 0.5) for _ in range(400)])
+    assert abs(outs.mean().item() - 1.0) < 0.02
+
+
+def test_training_forward_uses_the_cpu_path_and_matches_sdpa_in_eval(monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = preset("bert-tiny", vocab_size=100, max_positions=16)
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    ids = torch.randint(0, 100, (2, 16))
+    calls = []
+    original = core._attention_with_dropout
+    monkeypatch.setattr(core, "_attention_with_dropout", lambda *a: calls.append(1) or original(*a))
+    model.train()
+    model(ids)
+    assert len(calls) == cfg.n_layers
+    monkeypatch.setattr(core, "CPU_DROPOUT_ATTENTION", False)
+    model(ids)
+    assert len(calls) == cfg.n_layers  # SDPA this time
