@@ -188,7 +188,7 @@ def make_optimizer(model: torch.nn.Module, device: torch.device, kind: str = "fu
 
     ``fused`` (default): ``torch.optim.AdamW(fused=True)``, the default of ``transformers``'
     Trainer since torch 2.8 (``adamw_torch_fused``), on CPU as on CUDA. ``trainer``: what
-    pretune's trainer builds (``build_optimizer``; at the time of writing fused on CUDA only).
+    pretune's trainer builds (``build_optimizer``: fused too, on CPU and CUDA).
     """
     if kind == "trainer":
         from pretune.train.trainer import TrainConfig, build_optimizer

@@ -167,3 +167,40 @@ def test_checkpoint_with_wrong_shape_names_the_tensor_and_both_shapes(tmp_path: 
     (hf_dir / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(PretuneError, match=r"fc1\.weight.*\(37, 32\).*\(40, 32\)"):
         load_model(hf_dir)
+
+
+@pytest.mark.parametrize("family", ["bert", "gpt"])
+def test_untied_output_layer_round_trips_with_transformers(tmp_path: Path, family: str) -> None:
+    """tie_embeddings=False: the decoder / lm_head is a weight of its own, both ways."""
+    torch.manual_seed(0)
+    if family == "bert":
+        cfg = transformers.BertConfig(
+            vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
+            max_position_embeddings=64, tie_word_embeddings=False,
+        )
+        hf_model = transformers.BertForPreTraining(cfg).eval()
+        decoder, embedding = hf_model.cls.predictions.decoder.weight, hf_model.bert.embeddings.word_embeddings.weight
+    else:
+        cfg = transformers.OpenAIGPTConfig(vocab_size=101, n_positions=64, n_embd=32, n_layer=2, n_head=4, tie_word_embeddings=False)
+        hf_model = transformers.OpenAIGPTLMHeadModel(cfg).eval()
+        decoder, embedding = hf_model.lm_head.weight, hf_model.transformer.tokens_embed.weight
+    assert decoder.data_ptr() != embedding.data_ptr()  # really untied in transformers
+    hf_model.save_pretrained(tmp_path / "hf")
+    ours = load_model(tmp_path / "hf").model.eval()
+    assert ours.cfg.tie_embeddings is False
+    assert torch.equal(ours.decoder_weight, decoder) and not torch.equal(ours.decoder_weight, ours.body.embeddings.tok.weight)
+    ids, mask, types = _padded_batch(99, [12, 7], seed=5)
+    with torch.no_grad():
+        if family == "bert":
+            ref = hf_model(input_ids=ids, attention_mask=mask, token_type_ids=types).prediction_logits
+            got = ours.mlm_logits(ours(ids, token_type_ids=types, padding_mask=mask).hidden)
+        else:
+            ref, got = hf_model(input_ids=ids, attention_mask=mask).logits, ours(ids, padding_mask=mask).logits
+    assert _max_diff(ref, got, mask) <= TOL
+    export_hf(ours, tmp_path / "back")
+    assert json.loads((tmp_path / "back" / "config.json").read_text())["tie_word_embeddings"] is False
+    cls = transformers.BertForPreTraining if family == "bert" else transformers.OpenAIGPTLMHeadModel
+    again = cls.from_pretrained(tmp_path / "back").eval()
+    with torch.no_grad():
+        back = again(input_ids=ids, attention_mask=mask, **({"token_type_ids": types} if family == "bert" else {}))
+    assert _max_diff(back.prediction_logits if family == "bert" else back.logits, got, mask) <= TOL

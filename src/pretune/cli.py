@@ -62,13 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMANDS:
-        try:
-            module = importlib.import_module(f"pretune.commands.{name}")
-        except ModuleNotFoundError as exc:  # a verb not built yet is simply absent
-            if exc.name == f"pretune.commands.{name}":
-                continue
-            raise
-        module.register(sub)
+        importlib.import_module(f"pretune.commands.{name}").register(sub)
     return parser
 
 

@@ -41,6 +41,7 @@ class ModelConfig:
     activation: Literal["gelu", "gelu_tanh"] = "gelu"
     norm: Literal["post", "pre"] = "post"  # post-LN as in both papers; pre-LN as an option
     embed_norm: bool = True  # LayerNorm after the embedding sum (BERT yes, GPT-1 no)
+    tie_embeddings: bool = True  # output layer (MLM decoder / LM head) = token embedding, as in both papers
     initializer_range: float = 0.02
     pad_token_id: int = 0
     extra: dict[str, Any] = field(default_factory=dict)  # free-form notes (e.g. source checkpoint)

@@ -78,13 +78,19 @@ GPT_RULES: list[Rule] = [
     *_layer("body.blocks.{i}.norm2", "transformer.h.{i}.ln_2"),
 ]
 
+# Output layers of their own, for models with ``tie_embeddings`` off (HF: tie_word_embeddings false).
+UNTIED_RULES = {
+    "bert": Rule("mlm.decoder.weight", ("cls.predictions.decoder.weight",)),
+    "gpt": Rule("lm_head.weight", ("lm_head.weight",)),
+}
+
 # Names in Hugging Face checkpoints that carry no weights of their own (tied or buffers).
 _IGNORED = re.compile(
     r"(position_ids|cls\.predictions\.decoder\.(weight|bias)|lm_head\.weight|attn\.bias|attn\.masked_bias)$"
 )
 
 # Optional parts: a checkpoint without them still loads (e.g. BertModel has no cls.*).
-OPTIONAL_PREFIXES = ("pooler.", "mlm.", "nsp.", "head.")
+OPTIONAL_PREFIXES = ("pooler.", "mlm.", "nsp.", "head.", "lm_head.")
 
 
 def rules_for(cfg: ModelConfig) -> list[Rule]:
@@ -101,6 +107,8 @@ def rules_for(cfg: ModelConfig) -> list[Rule]:
             continue
         else:
             out.append(rule)
+    if not cfg.tie_embeddings:
+        out.append(UNTIED_RULES[cfg.family])
     return out
 
 
@@ -164,6 +172,9 @@ def to_hf_state_dict(state: dict[str, Tensor], cfg: ModelConfig) -> dict[str, Te
             parts = list(tensor.chunk(len(rule.theirs), dim=0))
         for name, part in zip(rule.theirs, parts):
             out[name] = part.contiguous().clone()
+    if cfg.family == "bert" and not cfg.tie_embeddings and "cls.predictions.bias" in out:
+        # untied, transformers reads the decoder's bias under its own name too
+        out["cls.predictions.decoder.bias"] = out["cls.predictions.bias"].clone()
     return out
 
 
@@ -196,6 +207,7 @@ def config_from_hf(hf: dict[str, Any], source: str = "config.json") -> ModelConf
                 layer_norm_eps=hf.get("layer_norm_eps", 1e-12),
                 activation=_BERT_ACT[act],
                 initializer_range=hf.get("initializer_range", 0.02),
+                tie_embeddings=bool(hf.get("tie_word_embeddings", True)),
                 pad_token_id=hf.get("pad_token_id") or 0,
                 extra={"source": "huggingface", "hf_architectures": hf.get("architectures", [])},
             )
@@ -217,6 +229,7 @@ def config_from_hf(hf: dict[str, Any], source: str = "config.json") -> ModelConf
                 activation="gelu_tanh",
                 embed_norm=False,
                 initializer_range=hf.get("initializer_range", 0.02),
+                tie_embeddings=bool(hf.get("tie_word_embeddings", True)),
                 pad_token_id=0,
                 extra={"source": "huggingface", "hf_architectures": hf.get("architectures", [])},
             )
@@ -253,6 +266,7 @@ def config_to_hf(cfg: ModelConfig, with_heads: bool = True) -> dict[str, Any]:
             "layer_norm_eps": cfg.layer_norm_eps,
             "pad_token_id": cfg.pad_token_id,
             "position_embedding_type": "absolute",
+            "tie_word_embeddings": cfg.tie_embeddings,
         }
     return {
         "architectures": ["OpenAIGPTLMHeadModel"],
@@ -268,6 +282,7 @@ def config_to_hf(cfg: ModelConfig, with_heads: bool = True) -> dict[str, Any]:
         "attn_pdrop": cfg.attn_dropout,
         "layer_norm_epsilon": cfg.layer_norm_eps,
         "initializer_range": cfg.initializer_range,
+        "tie_word_embeddings": cfg.tie_embeddings,
     }
 
 

@@ -198,21 +198,19 @@ def gpt_entailment(
     tok: Any, examples: Sequence[TextExample], max_seq_len: int, labels: list[Any], no_truncate: bool = False
 ) -> FeatureSet:
     """``start premise delim hypothesis extract`` per example."""
-    start, delim, extract = _gpt_ids(tok)
-    budget, cut = _budget(max_seq_len, 3), _Cut(no_truncate, max_seq_len)
-    a_ids = tok.encode_batch([e.text for e in examples])
-    b_ids = tok.encode_batch([e.text_pair or "" for e in examples])
-    feats = []
-    for i, (e, a, b, y) in enumerate(zip(examples, a_ids, b_ids, labels)):
-        a, b = _cut_pair(a, b, budget, e.source, cut, 3)
-        feats.append(_with_label({"input_ids": [start, *a, delim, *b, extract], "example": i}, y))
-    return cut.result(feats, len(examples))
+    return _gpt_pairs(tok, examples, max_seq_len, labels, no_truncate, both_orders=False)
 
 
 def gpt_similarity(
     tok: Any, examples: Sequence[TextExample], max_seq_len: int, labels: list[Any], no_truncate: bool = False
 ) -> FeatureSet:
     """Both orderings, ``[start A delim B extract, start B delim A extract]``, per example."""
+    return _gpt_pairs(tok, examples, max_seq_len, labels, no_truncate, both_orders=True)
+
+
+def _gpt_pairs(
+    tok: Any, examples: Sequence[TextExample], max_seq_len: int, labels: list[Any], no_truncate: bool, both_orders: bool
+) -> FeatureSet:
     start, delim, extract = _gpt_ids(tok)
     budget, cut = _budget(max_seq_len, 3), _Cut(no_truncate, max_seq_len)
     a_ids = tok.encode_batch([e.text for e in examples])
@@ -220,8 +218,10 @@ def gpt_similarity(
     feats = []
     for i, (e, a, b, y) in enumerate(zip(examples, a_ids, b_ids, labels)):
         a, b = _cut_pair(a, b, budget, e.source, cut, 3)
-        seqs = [[start, *a, delim, *b, extract], [start, *b, delim, *a, extract]]
-        feats.append(_with_label({"input_ids": seqs, "example": i}, y))
+        ids: list[int] | list[list[int]] = [start, *a, delim, *b, extract]
+        if both_orders:
+            ids = [ids, [start, *b, delim, *a, extract]]
+        feats.append(_with_label({"input_ids": ids, "example": i}, y))
     return cut.result(feats, len(examples))
 
 

@@ -29,7 +29,11 @@ class Pooler(nn.Module):
 
 
 class MLMHead(nn.Module):
-    """Transform (dense, GELU, LayerNorm), then the tied decoder plus an output bias."""
+    """Transform (dense, GELU, LayerNorm), then the decoder plus an output bias.
+
+    The decoder is the token embedding (tied, as in BERT) unless ``cfg.tie_embeddings`` is off;
+    then it is a weight of its own (``decoder.weight``).
+    """
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
@@ -37,6 +41,8 @@ class MLMHead(nn.Module):
         self.act = activation(cfg.activation)
         self.norm = nn.LayerNorm(cfg.hidden, eps=cfg.layer_norm_eps)
         self.bias = nn.Parameter(torch.zeros(cfg.vocab_size))
+        if not cfg.tie_embeddings:
+            self.decoder = nn.Linear(cfg.hidden, cfg.vocab_size, bias=False)
 
     def transform(self, hidden: Tensor) -> Tensor:
         return self.norm(self.act(self.dense(hidden)))
@@ -73,9 +79,14 @@ class BERT(nn.Module):
         self.head: nn.Module | None = None  # a task head, attached by fine-tuning
         init_weights(self, cfg.initializer_range)
 
+    @property
+    def decoder_weight(self) -> Tensor:
+        """The MLM output matrix (vocab, hidden): the token embedding unless untied."""
+        return self.body.embeddings.tok.weight if self.cfg.tie_embeddings else self.mlm.decoder.weight
+
     def mlm_logits(self, hidden: Tensor) -> Tensor:
         """Vocabulary logits for any hidden states (all positions: for fill-mask and tests)."""
-        return self.mlm(hidden, self.body.embeddings.tok.weight)
+        return self.mlm(hidden, self.decoder_weight)
 
     def forward(
         self,
@@ -122,7 +133,7 @@ class BERT(nn.Module):
                 out.mlm_logits = logits
             else:
                 total, count, correct = linear_cross_entropy(
-                    self.mlm.transform(picked), self.body.embeddings.tok.weight, targets, self.mlm.bias,
+                    self.mlm.transform(picked), self.decoder_weight, targets, self.mlm.bias,
                     with_correct=True,
                 )
             out.mlm_loss = total / count.clamp(min=1)

@@ -35,12 +35,19 @@ class GPT(nn.Module):
             raise ValueError(f"GPT needs a config of family 'gpt', got {cfg.family!r}")
         self.cfg = cfg
         self.body = Transformer(cfg)
+        if not cfg.tie_embeddings:
+            self.lm_head = nn.Linear(cfg.hidden, cfg.vocab_size, bias=False)
         self.head: nn.Module | None = None  # a task head, attached by fine-tuning
         init_weights(self, cfg.initializer_range)
 
+    @property
+    def decoder_weight(self) -> Tensor:
+        """The LM output matrix (vocab, hidden): the token embedding unless untied."""
+        return self.body.embeddings.tok.weight if self.cfg.tie_embeddings else self.lm_head.weight
+
     def lm_logits(self, hidden: Tensor) -> Tensor:
-        """Project hidden states onto the vocabulary with the (tied) token embedding."""
-        return F.linear(hidden, self.body.embeddings.tok.weight)
+        """Project hidden states onto the vocabulary (with the token embedding, when tied)."""
+        return F.linear(hidden, self.decoder_weight)
 
     def forward(
         self,
@@ -62,7 +69,7 @@ class GPT(nn.Module):
         if labels is not None and not return_logits:
             # the last position predicts nothing: leave it out of the output layer
             total, count, _ = linear_cross_entropy(
-                hidden[:, :-1], self.body.embeddings.tok.weight, labels[:, 1:]
+                hidden[:, :-1], self.decoder_weight, labels[:, 1:]
             )
             loss = total / count.clamp(min=1)
             metrics = {"lm_loss_sum": total.detach(), "lm_tokens": count}
