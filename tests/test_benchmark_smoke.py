@@ -147,8 +147,10 @@ def test_gpt_fused_loss_equals_the_logits_path_with_the_same_gradients() -> None
     labels[1, 12:] = -100
     mask = torch.ones_like(ids)
     mask[1, 12:] = 0
-    dense = a(ids, padding_mask=mask, labels=labels)
-    fused = b(ids, padding_mask=mask, labels=labels, return_logits=False)
+    dense = a(ids, padding_mask=mask, labels=labels, return_logits=True)
+    fused = b(ids, padding_mask=mask, labels=labels)  # the default in a training step: fused
+    with torch.no_grad():
+        assert b(ids, padding_mask=mask, labels=labels).logits is not None  # evaluation keeps logits
     assert dense.logits is not None and fused.logits is None
     assert abs(dense.loss.item() - fused.loss.item()) <= 1e-5
     assert dense.metrics["lm_tokens"] == fused.metrics["lm_tokens"]
@@ -169,7 +171,9 @@ def test_bert_fused_mlm_equals_the_logits_path_with_metrics_and_gradients() -> N
     targets = torch.tensor([[7, 8, 9, -100], [10, 11, -100, -100]])
     nsp = torch.tensor([0, 1])
     kw = dict(mlm_positions=positions, mlm_labels=targets, nsp_labels=nsp)
-    dense, fused = a(ids, **kw), b(ids, return_logits=False, **kw)
+    dense, fused = a(ids, return_logits=True, **kw), b(ids, **kw)  # the default in training: fused
+    with torch.no_grad():
+        assert b(ids, **kw).mlm_logits is not None
     assert fused.mlm_logits is None and dense.mlm_logits is not None
     assert abs(dense.loss.item() - fused.loss.item()) <= 1e-5
     for key in ("mlm_tokens", "mlm_correct"):

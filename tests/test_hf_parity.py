@@ -204,3 +204,32 @@ def test_untied_output_layer_round_trips_with_transformers(tmp_path: Path, famil
     with torch.no_grad():
         back = again(input_ids=ids, attention_mask=mask, **({"token_type_ids": types} if family == "bert" else {}))
     assert _max_diff(back.prediction_logits if family == "bert" else back.logits, got, mask) <= TOL
+
+
+@pytest.mark.parametrize("norm", ["post", "pre"])
+def test_last_layer_on_predicted_rows_only_gives_the_same_loss_and_gradients(norm: str) -> None:
+    """Pretraining runs BERT's last layer at [CLS] and the masked positions only: nothing changes."""
+    from pretune.config import preset
+    from pretune.models import build_model
+
+    cfg = preset("bert-tiny", vocab_size=97, max_positions=32, dropout=0.0, attn_dropout=0.0, norm=norm, n_layers=3)
+    model = build_model(cfg)
+    ids, mask, types = _padded_batch(97, [20, 14, 9], seed=6)
+    g = torch.Generator().manual_seed(1)
+    positions = torch.stack([torch.randperm(n, generator=g)[:4] for n in (20, 14, 9)])
+    slot_labels = torch.randint(5, 97, (3, 4), generator=g)
+    slot_labels[2, 3] = -100  # an unused slot
+    nsp = torch.tensor([1, 0, 1])
+    kw = dict(token_type_ids=types, padding_mask=mask, mlm_labels=slot_labels, mlm_positions=positions, nsp_labels=nsp)
+    full = model(ids, return_logits=True, **kw)  # every row of every layer, then gather
+    full.loss.backward()
+    ref_grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad()
+    sparse = model(ids, return_logits=False, **kw)  # last layer at [CLS] + predicted rows
+    assert sparse.hidden.shape == (3, 1 + 4, cfg.hidden)
+    assert abs(sparse.loss.item() - full.loss.item()) <= 1e-5
+    assert abs(sparse.nsp_loss.item() - full.nsp_loss.item()) <= 1e-6
+    sparse.loss.backward()
+    for name, p in model.named_parameters():
+        if name in ref_grads:
+            assert (p.grad - ref_grads[name]).abs().max().item() <= 1e-5, name

@@ -97,7 +97,7 @@ class BERT(nn.Module):
         nsp_labels: Tensor | None = None,
         mlm_positions: Tensor | None = None,
         output_hidden_states: bool = False,
-        return_logits: bool = True,
+        return_logits: bool | None = None,
     ) -> BertOutput:
         """Run the body and, for the targets given, the heads.
 
@@ -106,16 +106,28 @@ class BERT(nn.Module):
         number of prediction slots per sequence (padded with label -100), which gathers without
         a host-device synchronisation.
 
-        ``return_logits=False`` (pretraining) computes the masked-LM loss and metrics with
+        ``return_logits=False`` computes the masked-LM loss and metrics with
         :func:`linear_cross_entropy`, without the ``(n_masked, vocab)`` logits; ``mlm_logits`` is
-        then None. The loss is the same.
+        then None. The loss is the same. The default (None) does so when gradients are on and
+        targets are given: a training step.
+
+        Without the logits and with ``mlm_positions`` (pretraining batches), the last layer runs
+        only at ``[CLS]`` and the predicted positions (see ``Transformer.forward``'s
+        ``last_rows``): the same loss for less work, and ``hidden`` then holds those rows only,
+        ``(b, 1 + p, h)``, ``[CLS]`` first.
         """
-        hidden, states = self.body(input_ids, padding_mask, token_type_ids, output_hidden_states)
+        if return_logits is None:
+            return_logits = mlm_labels is None or not torch.is_grad_enabled()
+        sparse = mlm_labels is not None and mlm_positions is not None and not return_logits and not output_hidden_states
+        rows = torch.cat([mlm_positions.new_zeros(mlm_positions.shape[0], 1), mlm_positions], 1) if sparse else None
+        hidden, states = self.body(input_ids, padding_mask, token_type_ids, output_hidden_states, last_rows=rows)
         pooled = self.pooler(hidden)
         out = BertOutput(None, hidden, pooled, hidden_states=states)
         losses = []
         if mlm_labels is not None:
-            if mlm_positions is not None:
+            if sparse:
+                picked, targets = hidden[:, 1:].flatten(0, 1), mlm_labels.flatten()
+            elif mlm_positions is not None:
                 index = mlm_positions.unsqueeze(-1).expand(-1, -1, hidden.shape[-1])
                 picked = hidden.gather(1, index).flatten(0, 1)
                 targets = mlm_labels.flatten()

@@ -68,9 +68,18 @@ class SelfAttention(nn.Module):
         self.proj = nn.Linear(cfg.hidden, cfg.hidden)
         self.attn_dropout = cfg.attn_dropout
 
-    def forward(self, x: Tensor, mask: Tensor | None, causal: bool) -> Tensor:
+    def forward(self, x: Tensor, mask: Tensor | None, causal: bool, queries: Tensor | None = None) -> Tensor:
+        """``queries`` (b, p, h), when given, are the only rows whose outputs are computed
+        (bidirectional attention only); keys and values still come from every row of ``x``."""
         b, t, h = x.shape
-        q, k, v = self.qkv(x).view(b, t, 3, self.n_heads, h // self.n_heads).permute(2, 0, 3, 1, 4)
+        n, d = self.n_heads, h // self.n_heads
+        if queries is None:
+            q, k, v = self.qkv(x).view(b, t, 3, n, d).permute(2, 0, 3, 1, 4)
+        else:
+            if causal:
+                raise ValueError("a subset of query rows is only supported for bidirectional attention")
+            q = F.linear(queries, self.qkv.weight[:h], self.qkv.bias[:h]).view(b, -1, n, d).transpose(1, 2)
+            k, v = F.linear(x, self.qkv.weight[h:], self.qkv.bias[h:]).view(b, t, 2, n, d).permute(2, 0, 3, 1, 4)
         dropout = self.attn_dropout if self.training else 0.0
         if dropout and x.device.type == "cpu" and CPU_DROPOUT_ATTENTION:
             # SDPA's CPU flash kernel has no dropout: it falls back to its math path, which costs
@@ -78,23 +87,24 @@ class SelfAttention(nn.Module):
             y = _attention_with_dropout(q, k, v, mask, causal, dropout)
         else:
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=causal and mask is None)
-        return self.proj(y.transpose(1, 2).reshape(b, t, h))
+        return self.proj(y.transpose(1, 2).reshape(b, q.shape[2], h))
 
 
 def _attention_with_dropout(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, causal: bool, p: float) -> Tensor:
     """softmax(q k^T / sqrt(d) masked) with dropout, times v: SDPA's math, in three batched kernels."""
-    b, n, t, d = q.shape
+    b, n, tq, d = q.shape
+    t = k.shape[2]
     scores = torch.baddbmm(
-        q.new_empty(b * n, t, t), q.reshape(b * n, t, d), k.reshape(b * n, t, d).transpose(1, 2),
+        q.new_empty(b * n, tq, t), q.reshape(b * n, tq, d), k.reshape(b * n, t, d).transpose(1, 2),
         beta=0.0, alpha=d**-0.5,
-    ).view(b, n, t, t)
+    ).view(b, n, tq, t)
     if mask is None and causal:
-        mask = torch.ones(t, t, dtype=torch.bool, device=q.device).tril()
+        mask = torch.ones(tq, t, dtype=torch.bool, device=q.device).tril()
     if mask is not None:
         # a finite minimum: a row with every key masked gets uniform weights rather than NaN
         scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
     probs = F.dropout(torch.softmax(scores, dim=-1), p, training=True)
-    return torch.bmm(probs.view(b * n, t, t), v.reshape(b * n, t, d)).view(b, n, t, d)
+    return torch.bmm(probs.view(b * n, tq, t), v.reshape(b * n, t, d)).view(b, n, tq, d)
 
 
 class FeedForward(nn.Module):
@@ -122,12 +132,26 @@ class Block(nn.Module):
         self.drop = nn.Dropout(cfg.dropout)
         self.pre_norm = cfg.norm == "pre"
 
-    def forward(self, x: Tensor, mask: Tensor | None, causal: bool) -> Tensor:
+    def forward(self, x: Tensor, mask: Tensor | None, causal: bool, rows: Tensor | None = None) -> Tensor:
+        """``rows`` (b, p) of positions: compute the block's output at those positions only."""
+        if rows is None:
+            if self.pre_norm:
+                x = x + self.drop(self.attn(self.norm1(x), mask, causal))
+                return x + self.drop(self.mlp(self.norm2(x)))
+            x = self.norm1(x + self.drop(self.attn(x, mask, causal)))
+            return self.norm2(x + self.drop(self.mlp(x)))
+        picked = _gather(x, rows)
         if self.pre_norm:
-            x = x + self.drop(self.attn(self.norm1(x), mask, causal))
-            return x + self.drop(self.mlp(self.norm2(x)))
-        x = self.norm1(x + self.drop(self.attn(x, mask, causal)))
-        return self.norm2(x + self.drop(self.mlp(x)))
+            normed = self.norm1(x)
+            y = picked + self.drop(self.attn(normed, mask, causal, queries=_gather(normed, rows)))
+            return y + self.drop(self.mlp(self.norm2(y)))
+        y = self.norm1(picked + self.drop(self.attn(x, mask, causal, queries=picked)))
+        return self.norm2(y + self.drop(self.mlp(y)))
+
+
+def _gather(x: Tensor, rows: Tensor) -> Tensor:
+    """``x[i, rows[i]]`` for each batch row i: (b, t, h) -> (b, p, h)."""
+    return x.gather(1, rows.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
 
 
 def attention_mask(padding_mask: Tensor | None, causal: bool, seq_len: int) -> Tensor | None:
@@ -165,17 +189,24 @@ class Transformer(nn.Module):
         padding_mask: Tensor | None = None,
         token_type_ids: Tensor | None = None,
         output_hidden_states: bool = False,
+        last_rows: Tensor | None = None,
     ) -> tuple[Tensor, list[Tensor]]:
         """Final hidden states ``(b, t, h)``, and every layer's output when asked (embeddings first).
 
         ``padding_mask`` is 1 for real tokens and 0 for padding; pass None when a batch has no
         padding (collators decide this on the CPU), so SDPA keeps its fastest kernels.
+
+        ``last_rows`` (b, p) of positions: the last layer computes only those rows (queries,
+        attention output, feed-forward), and the result is ``(b, p, h)``, the same values as the
+        full result at those positions. BERT's pretraining uses it: only ``[CLS]`` and the masked
+        positions feed a loss, and the last layer's work at the other ~85% is wasted otherwise.
         """
         mask = attention_mask(padding_mask, self.cfg.causal, input_ids.shape[1])
         x = self.embeddings(input_ids, token_type_ids)
         states = [x] if output_hidden_states else []
-        for block in self.blocks:
-            x = block(x, mask, self.cfg.causal)
+        last = len(self.blocks) - 1
+        for i, block in enumerate(self.blocks):
+            x = block(x, mask, self.cfg.causal, last_rows if i == last else None)
             if output_hidden_states:
                 states.append(x)
         if self.norm_f is not None:

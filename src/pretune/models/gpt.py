@@ -55,14 +55,17 @@ class GPT(nn.Module):
         padding_mask: Tensor | None = None,
         labels: Tensor | None = None,
         output_hidden_states: bool = False,
-        return_logits: bool = True,
+        return_logits: bool | None = None,
     ) -> GPTOutput:
         """``labels`` are token ids aligned with ``input_ids`` (-100 = ignore); position t predicts t+1.
 
         With labels and ``return_logits=False`` (pretraining), the loss comes from
         :func:`linear_cross_entropy`: the same value without the ``(b, t, vocab)`` logits, chunk by
-        chunk, and ``logits`` is None. Otherwise the full logits are returned too.
+        chunk, and ``logits`` is None. Otherwise the full logits are returned too. The default
+        (None) takes the fused path when gradients are on: a training step.
         """
+        if return_logits is None:
+            return_logits = labels is None or not torch.is_grad_enabled()
         hidden, states = self.body(input_ids, padding_mask, None, output_hidden_states)
         loss = logits = None
         metrics: dict[str, Tensor] = {}

@@ -120,7 +120,7 @@ def _bert_eval(batches: list[dict[str, Any]], device: torch.device):
     def evaluate(model: nn.Module) -> dict[str, float]:
         sums: dict[str, torch.Tensor] = {}
         for batch in batches:
-            out = model(**{k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()})
+            out = model(**{k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}, return_logits=False)
             for k, v in out.metrics.items():
                 sums[k] = sums.get(k, 0) + v.float()
         result = {
@@ -138,7 +138,7 @@ def _gpt_eval(batches: list[dict[str, Any]], device: torch.device):
     def evaluate(model: nn.Module) -> dict[str, float]:
         total = count = 0.0
         for batch in batches:
-            out = model(**{k: v.to(device) for k, v in batch.items()})
+            out = model(**{k: v.to(device) for k, v in batch.items()}, return_logits=False)
             total += out.metrics["lm_loss_sum"].float().item()
             count += out.metrics["lm_tokens"].item()
         loss = total / max(count, 1)
