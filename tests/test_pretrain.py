@@ -161,3 +161,33 @@ def test_bad_input_is_a_one_line_error(korean, english, tmp_path: Path, capsys) 
     cfg.write_text("max-steps: 3\nbogus_flag: 1\n")
     assert "bogus_flag" in _error([*base, "--data", str(corpus), "--config", str(cfg)], capsys)
     assert not (tmp_path / "o" / "model.safetensors").exists()
+
+
+def test_fresh_bert_starts_with_the_unigram_prior_in_the_mlm_bias() -> None:
+    """The output bias holds log frequencies (mean 0), so step 0 already predicts the unigram."""
+    import numpy as np
+    import torch
+
+    from pretune.config import preset
+    from pretune.models import build_model
+    from pretune.train.pretrain import init_output_bias
+
+    class Corpus:  # what init_output_bias reads of a prepared corpus
+        def tokens(self, split: str) -> np.ndarray:
+            assert split == "train"
+            return np.array([7] * 60 + [8] * 30 + [9] * 9 + [10], dtype=np.uint16)
+
+    model = build_model(preset("bert-tiny", vocab_size=12, max_positions=16))
+    init_output_bias(model, Corpus(), "zero")
+    assert torch.count_nonzero(model.mlm.bias) == 0
+    init_output_bias(model, Corpus(), "unigram")
+    bias = model.mlm.bias.detach().double()
+    expected = torch.log(torch.tensor([1.0] * 7 + [61, 31, 10, 2, 1], dtype=torch.float64) / 112)  # add-one smoothing
+    assert torch.allclose(bias, expected - expected.mean(), atol=1e-6)
+    # the model's prediction before any training is the smoothed corpus distribution
+    with torch.no_grad():
+        model.mlm.dense.weight.zero_()
+        model.mlm.dense.bias.zero_()
+        model.mlm.norm.weight.zero_()
+        probs = torch.softmax(model.mlm_logits(torch.randn(1, 128)), -1)[0].double()
+    assert torch.allclose(probs, expected.exp(), atol=1e-6)

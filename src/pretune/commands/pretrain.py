@@ -45,6 +45,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--mask-prob", type=float, default=0.15)
     p.add_argument("--max-predictions", type=int, help="cap on masked tokens per sequence (default 15%% of --seq-len)")
     p.add_argument("--short-seq-prob", type=float, default=0.1)
+    p.add_argument(
+        "--output-bias", choices=["unigram", "zero"], default="unigram",
+        help="fresh BERT: start the MLM output bias at the corpus's log unigram frequencies (default) or at zero",
+    )
     p.add_argument("--val-fraction", type=float, default=0.01, help="fraction of documents held out")
     p.add_argument("--skip-bad-lines", action="store_true", help="skip non-UTF-8 lines (counted) instead of failing")
     p.add_argument("--cache-dir", help="where token shards are cached (default: RUN_DIR/data-cache)")

@@ -15,12 +15,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
 from pretune.checkpoint import load_model, save_model, write_json_atomic
 from pretune.data.pretraining import BertInstanceConfig, BertPretrainingStream, GPTPretrainingStream
-from pretune.data.shards import prepare_corpus
+from pretune.data.shards import PreparedCorpus, prepare_corpus
 from pretune.errors import PretuneError
 from pretune.report import plot_training
 from pretune.tokenizer import Tokenizer
@@ -67,6 +68,7 @@ class PretrainSettings:
     fsdp: bool = False
     time_budget_s: float = 0.0
     workers: int | None = None
+    output_bias: str = "unigram"  # fresh BERT: MLM output bias = log unigram frequencies (or "zero")
     progress: bool = True
     override: dict[str, Any] = field(default_factory=dict)  # model config fields
 
@@ -163,6 +165,8 @@ def pretrain(s: PretrainSettings) -> dict[str, Any]:
         skip_bad_lines=s.skip_bad_lines, workers=s.workers, progress=s.progress and d.main,
     )
     prep_s = time.perf_counter() - t0
+    if family == "bert" and not Path(s.model).is_dir():
+        init_output_bias(model, corpus, s.output_bias)
     if s.batch_size % d.world_size:
         raise PretuneError(f"--batch-size {s.batch_size} must be divisible by the number of processes ({d.world_size})")
     if family == "bert":
@@ -214,6 +218,27 @@ def pretrain(s: PretrainSettings) -> dict[str, Any]:
         }
         write_json_atomic(out / "pretrain_results.json", summary)
     return summary
+
+
+def init_output_bias(model: nn.Module, corpus: PreparedCorpus, how: str) -> None:
+    """Start a fresh BERT's MLM output bias at the corpus's log unigram frequencies.
+
+    At zero, the first few hundred steps go into learning the unigram distribution, and the
+    easiest way there is to make every hidden state alike (the model "predicts frequent tokens"
+    whatever the input); representations collapse before they learn anything contextual, and a
+    short pretraining then transfers worse than a random initialisation (docs/demo.md has the
+    measurements). With the prior in the bias from step 0, the gradient is about context from
+    the start. Add-one smoothing; softmax ignores the constant, so the mean is taken out.
+    """
+    if how == "zero":
+        return
+    if how != "unigram":
+        raise PretuneError(f"--output-bias must be unigram or zero, got {how!r}")
+    vocab = model.mlm.bias.numel()
+    counts = np.bincount(np.asarray(corpus.tokens("train")), minlength=vocab)[:vocab].astype(np.float64) + 1.0
+    logp = np.log(counts / counts.sum())
+    with torch.no_grad():
+        model.mlm.bias.copy_(torch.from_numpy(logp - logp.mean()).to(model.mlm.bias.dtype))
 
 
 def trainer_has_checkpoint(out: Path) -> bool:
