@@ -43,6 +43,30 @@ def test_demo_pipeline_writes_results_plots_and_report(tmp_path: Path) -> None:
     assert (out / "pretrain-bert" / "model.safetensors").stat().st_mtime_ns == model_mtime
 
 
+@pytest.mark.skipif(not (DATA / "nsmc" / "train.tsv").is_file(), reason=f"{DATA}/nsmc is missing")
+def test_demo_gpt_analysis_layers_transferred_and_zero_shot_over_steps(tmp_path: Path) -> None:
+    s = DemoSettings(
+        out=str(tmp_path / "demo"), data_dir=str(DATA), budgets=[64], test_sample=48, validation_size=32,
+        corpus_lines=2000, tokenizer_lines=2000, vocab_size=1000, pretrain_seconds=3, seq_len=32,
+        finetune_seq_len=32, finetune_epochs={64: 1}, pretrain_batch=8, progress=False, analysis=True,
+        gpt_model="gpt-tiny", analysis_save_every=3,
+    )
+    results = run_demo(s, command="pretune demo --analysis (test)")
+    out = Path(s.out)
+    runs = {(r["model"], r["init"]) for r in results["runs"]}
+    assert runs == {("bert", "pretrained"), ("bert", "scratch"), ("gpt", "pretrained"), ("gpt", "scratch")}
+    a = results["analysis"]
+    n_layers = results["pretrain"]["gpt"]["model"]["n_layers"]
+    assert sorted(a["layers_transferred"]) == list(range(n_layers + 1))  # 0 (nothing) ... all layers
+    steps = results["pretrain"]["gpt"]["steps"]
+    assert steps in a["zero_shot"] and len(a["zero_shot"]) >= 2  # checkpoints along the way, and the end
+    assert all(0.0 <= v <= 1.0 for v in [*a["layers_transferred"].values(), *a["zero_shot"].values()])
+    for name in ("layers_transferred.png", "zero_shot.png"):
+        assert (out / name).stat().st_size > 0
+    report = (out / "report.md").read_text()
+    assert "layers transferred" in report and "zero-shot" in report
+
+
 def test_demo_names_the_download_command_when_data_is_missing(tmp_path: Path, capsys) -> None:
     assert main(["demo", "--data-dir", str(tmp_path / "nodata"), "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err

@@ -70,6 +70,7 @@ class DemoSettings:
     finetune_batch: int = 32
     finetune_lr: float = 3e-4
     finetune_epochs: dict[int, float] = field(default_factory=dict)  # labels -> epochs (default rule below)
+    analysis_save_every: int = 100  # --analysis: GPT checkpoints every N steps, for zero-shot vs steps
     seed: int = 0
     progress: bool = True
 
@@ -197,8 +198,9 @@ def pretrain_stage(kind: str, corpus: Path, tokenizer_dir: Path, out: Path, seco
         warmup_steps=30,
         eval_every=0,
         log_every=10,
-        save_every=0,
-        keep_last=1,
+        # the zero-shot analysis reads the GPT's checkpoints along the way; otherwise only the end
+        save_every=s.analysis_save_every if (kind == "gpt" and s.analysis) else 0,
+        keep_last=1_000_000 if (kind == "gpt" and s.analysis) else 1,
         seed=s.seed,
         device=s.device,
         time_budget_s=seconds,
@@ -502,7 +504,8 @@ def gpt_analysis(gpt_dir: Path, splits: dict[str, Any], out: Path, s: DemoSettin
     for k in range(cfg["n_layers"] + 1):
         summary = finetune(FinetuneSettings(
             model=str(gpt_dir), task="nsmc", train=str(splits["budgets"][labels]), validation=str(splits["validation"]),
-            test=str(splits["test"]), out=str(out / "analysis" / f"transfer-{k}"), epochs=epochs_for(labels),
+            test=str(splits["test"]), out=str(out / "analysis" / f"transfer-{k}"),
+            epochs=s.finetune_epochs.get(labels, epochs_for(labels)),
             batch_size=s.finetune_batch, lr=s.finetune_lr, max_seq_len=s.finetune_seq_len, seed=s.seed,
             transfer_layers=k, device=s.device, progress=s.progress,
         ))
