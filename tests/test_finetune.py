@@ -264,6 +264,9 @@ def test_aux_lm_loss_is_added_iff_lm_coef(coef: float) -> None:
     assert ("lm_loss" in out.metrics) == (coef > 0)
     if coef:
         assert torch.allclose(out.metrics["lm_loss"], lm_loss(model.lm_logits(hidden), torch.tensor([[1, 5, 6, 3], [1, 7, 3, -100]]))[0], atol=1e-5)
+    # training steps take the fused output layer + loss, evaluation the logits: the same value
+    with torch.no_grad():
+        assert torch.allclose(task_forward(model, batch).loss, out.loss, atol=1e-5)
 
 
 def test_bert_ignores_lm_coef_and_uses_pooled_cls() -> None:
