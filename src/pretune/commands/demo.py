@@ -19,7 +19,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--out", default="demo_out", help="output directory (default: demo_out)")
     p.add_argument("--data-dir", help="data root holding nsmc/ (default: $PRETUNE_DATA, ../shared/data, ~/.cache/pretune/data)")
-    p.add_argument("--minutes", type=float, default=10.0, help="time target for the whole demo (default 10)")
+    p.add_argument(
+        "--minutes", type=float, default=13.0,
+        help="time target for the whole demo (default 13); pretraining gets 70%% of it, per model",
+    )
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--fresh", action="store_true", help="retrain the tokenizer and the pretrained model")
     p.add_argument("--gpt", action="store_true", help="also pretrain and fine-tune a small GPT")
