@@ -445,8 +445,12 @@ class Trainer:
         model = self.train_model
         model.train()
         iterator: Iterator[dict[str, Any]] = iter(self.batches)
+        # Under a time budget the clock ends the run, so the bar counts seconds (its ETA is the
+        # budget's end); otherwise it counts steps.
+        by_time = bool(cfg.time_budget_s)
         bar = tqdm(
-            total=cfg.max_steps, initial=self.step, desc=cfg.desc, unit="step",
+            total=round(cfg.time_budget_s) if by_time else cfg.max_steps, initial=0 if by_time else self.step,
+            desc=cfg.desc, unit="s" if by_time else "step",
             disable=not (cfg.progress and self.dist.main), dynamic_ncols=True,
         )
         zero = torch.zeros((), device=self.device)
@@ -480,7 +484,7 @@ class Trainer:
             self.scheduler.step()
             self.optimizer.zero_grad(set_to_none=True)
             self.step += 1
-            bar.update(1)
+            bar.update(min(int(self._elapsed), bar.total) - bar.n if by_time else 1)
             out_of_time = bool(cfg.time_budget_s) and self._elapsed > cfg.time_budget_s
             last = self.step == cfg.max_steps or out_of_time
             stop = stop or out_of_time
@@ -505,7 +509,9 @@ class Trainer:
                     "tokens_per_s": tokens * self.dist.world_size / max(elapsed, 1e-9),
                     "elapsed_s": elapsed,
                 }
-                bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{record['lr']:.2e}", tok_s=f"{record['tokens_per_s']:.0f}")
+                bar.set_postfix(
+                    step=self.step, loss=f"{mean_loss:.4f}", lr=f"{record['lr']:.2e}", tok_s=f"{record['tokens_per_s']:.0f}"
+                )
                 loss_sum, loss_count, tokens, t0 = zero.clone(), 0, 0, time.perf_counter()
             if do_eval:
                 metrics = self.evaluate() if self.dist.main else {}
