@@ -250,6 +250,21 @@ def time_call(fn, device: torch.device) -> float:
 # --- memory --------------------------------------------------------------------------------------
 
 
+def alternate(
+    runners: list[Runner], batches: list[dict], mode: str, device: torch.device, warmup: int, repeats: int
+) -> dict[str, list[float]]:
+    """Step times per runner: all runners on the same batch, order flipped every repeat, warm-up dropped."""
+    times: dict[str, list[float]] = {r.name: [] for r in runners}
+    for i in range(warmup + repeats):
+        b = batches[i % len(batches)]
+        for r in runners if i % 2 == 0 else runners[::-1]:
+            fn = r.train_step if mode == "train" else r.infer_step
+            elapsed = time_call(lambda fn=fn, b=b: fn(b), device)
+            if i >= warmup:
+                times[r.name].append(elapsed)
+    return times
+
+
 def _static_bytes(runner: Runner) -> int:
     total = sum(p.numel() * p.element_size() for p in runner.model.parameters())
     total += sum(b.numel() * b.element_size() for b in runner.model.buffers())
@@ -357,15 +372,7 @@ def run_case(
 
     for r in runners:
         r.model.train(mode == "train")
-    times: dict[str, list[float]] = {"pretune": [], "hf": []}
-    for i in range(warmup + repeats):
-        b = batches[i % len(batches)]
-        order = runners if i % 2 == 0 else runners[::-1]
-        for r in order:
-            fn = r.train_step if mode == "train" else r.infer_step
-            elapsed = time_call(lambda fn=fn, b=b: fn(b), device)
-            if i >= warmup:
-                times[r.name].append(elapsed)
+    times = alternate(runners, batches, mode, device, warmup, repeats)
 
     tokens = batch * seq
     record: dict[str, Any] = {
@@ -452,15 +459,7 @@ def run_ablation(
         opt = make_optimizer(model, device, optimizer) if mode == "train" else None
         runners.append(Runner(name, model, fn, opt, None, device))
     batches = make_batches(cfg, batch, seq, max(2, min(4, warmup + repeats)), device)
-    times: dict[str, list[float]] = {r.name: [] for r in runners}
-    for i in range(warmup + repeats):
-        b = batches[i % len(batches)]
-        order = runners if i % 2 == 0 else runners[::-1]
-        for r in order:
-            fn = r.train_step if mode == "train" else r.infer_step
-            elapsed = time_call(lambda fn=fn, b=b: fn(b), device)
-            if i >= warmup:
-                times[r.name].append(elapsed)
+    times = alternate(runners, batches, mode, device, warmup, repeats)
     tps = {k: batch * seq / statistics.median(v) for k, v in times.items()}
     base = variants[0][0]
     record: dict[str, Any] = {"model": model_name, "mode": mode, "batch": batch, "seq_len": seq, "ablation": {}}

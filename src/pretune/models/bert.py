@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pretune.config import ModelConfig
-from pretune.models.core import Transformer, activation, init_weights, linear_cross_entropy
+from pretune.models.core import Transformer, activation, gather_rows, init_weights, linear_cross_entropy
 
 
 class Pooler(nn.Module):
@@ -128,9 +128,7 @@ class BERT(nn.Module):
             if sparse:
                 picked, targets = hidden[:, 1:].flatten(0, 1), mlm_labels.flatten()
             elif mlm_positions is not None:
-                index = mlm_positions.unsqueeze(-1).expand(-1, -1, hidden.shape[-1])
-                picked = hidden.gather(1, index).flatten(0, 1)
-                targets = mlm_labels.flatten()
+                picked, targets = gather_rows(hidden, mlm_positions).flatten(0, 1), mlm_labels.flatten()
             else:
                 selected = mlm_labels != -100
                 picked, targets = hidden[selected], mlm_labels[selected]

@@ -140,16 +140,16 @@ class Block(nn.Module):
                 return x + self.drop(self.mlp(self.norm2(x)))
             x = self.norm1(x + self.drop(self.attn(x, mask, causal)))
             return self.norm2(x + self.drop(self.mlp(x)))
-        picked = _gather(x, rows)
+        picked = gather_rows(x, rows)
         if self.pre_norm:
             normed = self.norm1(x)
-            y = picked + self.drop(self.attn(normed, mask, causal, queries=_gather(normed, rows)))
+            y = picked + self.drop(self.attn(normed, mask, causal, queries=gather_rows(normed, rows)))
             return y + self.drop(self.mlp(self.norm2(y)))
         y = self.norm1(picked + self.drop(self.attn(x, mask, causal, queries=picked)))
         return self.norm2(y + self.drop(self.mlp(y)))
 
 
-def _gather(x: Tensor, rows: Tensor) -> Tensor:
+def gather_rows(x: Tensor, rows: Tensor) -> Tensor:
     """``x[i, rows[i]]`` for each batch row i: (b, t, h) -> (b, p, h)."""
     return x.gather(1, rows.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
 
@@ -383,5 +383,5 @@ def count_parameters(module: nn.Module) -> int:
 
 __all__ = [
     "Block", "Embeddings", "FeedForward", "SelfAttention", "Transformer",
-    "activation", "attention_mask", "count_parameters", "init_weights", "linear_cross_entropy",
+    "activation", "attention_mask", "count_parameters", "gather_rows", "init_weights", "linear_cross_entropy",
 ]

@@ -67,20 +67,20 @@ class GPT(nn.Module):
         if return_logits is None:
             return_logits = labels is None or not torch.is_grad_enabled()
         hidden, states = self.body(input_ids, padding_mask, None, output_hidden_states)
-        loss = logits = None
-        metrics: dict[str, Tensor] = {}
+        loss, metrics, logits = None, {}, None
         if labels is not None and not return_logits:
-            # the last position predicts nothing: leave it out of the output layer
-            total, count, _ = linear_cross_entropy(
-                hidden[:, :-1], self.decoder_weight, labels[:, 1:]
-            )
-            loss = total / count.clamp(min=1)
-            metrics = {"lm_loss_sum": total.detach(), "lm_tokens": count}
+            loss, metrics = self.next_token_loss(hidden, labels)
         else:
             logits = self.lm_logits(hidden)
             if labels is not None:
                 loss, metrics = lm_loss(logits, labels)
         return GPTOutput(loss, logits, hidden, states, metrics)
+
+    def next_token_loss(self, hidden: Tensor, labels: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        """:func:`lm_loss` of ``lm_logits(hidden)`` through the fused output layer, without the logits."""
+        # the last position predicts nothing: leave it out of the output layer
+        total, count, _ = linear_cross_entropy(hidden[:, :-1], self.decoder_weight, labels[:, 1:])
+        return total / count.clamp(min=1), {"lm_loss_sum": total.detach(), "lm_tokens": count}
 
 
 def shift_labels(labels: Tensor) -> Tensor:

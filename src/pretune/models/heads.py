@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pretune.errors import PretuneError
-from pretune.models.core import init_weights, linear_cross_entropy
+from pretune.models.core import init_weights
 from pretune.models.gpt import lm_loss
 
 FAMILIES = ("classification", "regression", "multiple-choice", "qa", "tagging")
@@ -209,8 +209,7 @@ def _task_forward(model: nn.Module, batch: dict[str, Tensor]) -> TaskOutput:
         if gpt and head.lm_coef > 0:
             lm_labels = flat if mask is None else flat.masked_fill(mask == 0, -100)
             if torch.is_grad_enabled():  # training: the fused output layer + loss, no (b, t, vocab) logits
-                total, count, _ = linear_cross_entropy(hidden[:, :-1], model.decoder_weight, lm_labels[:, 1:])
-                l1 = total / count.clamp(min=1)
+                l1, _ = model.next_token_loss(hidden, lm_labels)
             else:
                 l1, _ = lm_loss(model.lm_logits(hidden), lm_labels)
             metrics["lm_loss"] = l1.detach()

@@ -299,9 +299,10 @@ class Trainer:
 
     def _shared_elapsed(self, started: float) -> float:
         """Seconds since ``started`` as rank 0 measured them (so every rank decides alike)."""
+        if not self.dist.enabled:
+            return time.perf_counter() - started  # one process: no tensor, no device sync per step
         value = torch.tensor([time.perf_counter() - started], dtype=torch.float64, device=self.device)
-        if self.dist.enabled:
-            dist.broadcast(value, 0)
+        dist.broadcast(value, 0)
         return float(value.item())
 
     @property
@@ -433,6 +434,13 @@ class Trainer:
 
     def fit(self) -> list[dict[str, Any]]:
         """Train to ``max_steps`` (resuming first if asked) and return the log records."""
+        try:
+            return self._fit()
+        finally:  # also when training stops with an error: no batch thread left running
+            if isinstance(self.batches, Prefetcher):
+                self.batches.close()
+
+    def _fit(self) -> list[dict[str, Any]]:
         cfg = self.cfg
         if self.dist.main:
             cfg.out_dir.mkdir(parents=True, exist_ok=True)
@@ -532,8 +540,6 @@ class Trainer:
                 if self.dist.enabled:
                     dist.barrier()
         bar.close()
-        if isinstance(self.batches, Prefetcher):
-            self.batches.close()
         if self._writer:
             self._writer.close()
         return self.history
