@@ -126,14 +126,50 @@ def test_fused_cross_entropy_without_grad_and_with_every_row_ignored() -> None:
 
 def test_fused_cross_entropy_under_bf16_autocast_is_close_to_dense() -> None:
     torch.manual_seed(2)
-    hidden, weight = torch.randn(20, 16, requires_grad=True), torch.randn(50, 16, requires_grad=True)
-    targets = torch.randint(0, 50, (20,))
+    n, h, v = 40, 16, 300
+    hidden, weight = torch.randn(n, h, requires_grad=True), (0.3 * torch.randn(v, h)).requires_grad_()
+    bias = torch.randn(v, requires_grad=True)
+    targets = torch.randint(0, v, (n,))
+    targets[::5] = -100
+    params = (hidden, weight, bias)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        ref = F.cross_entropy(F.linear(hidden, weight).float(), targets, reduction="sum")
-        total, _, _ = linear_cross_entropy(hidden, weight, targets)
+        logits = F.linear(hidden, weight, bias).float()
+        ref = F.cross_entropy(logits, targets, reduction="sum")
+    ref.backward()
+    ref_grads = [p.grad.clone() for p in params]
+    for p in params:
+        p.grad = None
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        total, count, correct = linear_cross_entropy(hidden, weight, targets, bias, with_correct=True)
     assert abs(total.item() - ref.item()) <= 1e-3 * abs(ref.item())
+    assert correct == ((logits.argmax(1) == targets) & (targets != -100)).sum()
     total.backward()
-    assert hidden.grad.dtype == torch.float32 and weight.grad.dtype == torch.float32
+    for p, g in zip(params, ref_grads):
+        assert p.grad.dtype == torch.float32
+        # both sides multiply in bf16: they agree to bf16's precision, not fp32's
+        assert (p.grad - g).abs().max().item() <= 2e-2 * g.abs().max().item()
+    assert hidden.grad[::5].abs().max() == 0  # ignored rows get no gradient
+
+
+def test_attention_runs_in_fp32_under_cpu_autocast(monkeypatch: pytest.MonkeyPatch) -> None:
+    """SDPA's bf16 CPU backward is slow: under CPU bf16 autocast the projections run in bf16 and
+    attention in fp32, close to the all-fp32 result."""
+    cfg = preset("bert-tiny", vocab_size=100, max_positions=16, dropout=0.0, attn_dropout=0.0)
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    ids = torch.randint(0, 100, (2, 16))
+    pad = torch.ones(2, 16, dtype=torch.long)
+    pad[1, 10:] = 0
+    dtypes = []
+    original = F.scaled_dot_product_attention
+    monkeypatch.setattr(
+        core.F, "scaled_dot_product_attention", lambda q, *a, **k: dtypes.append(q.dtype) or original(q, *a, **k)
+    )
+    ref = model(ids, padding_mask=pad).hidden
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = model(ids, padding_mask=pad).hidden
+    assert dtypes == [torch.float32] * (2 * cfg.n_layers)
+    assert (got.float() - ref)[0].abs().max().item() <= 0.1
 
 
 def test_gpt_fused_loss_equals_the_logits_path_with_the_same_gradients() -> None:

@@ -71,3 +71,16 @@ def test_demo_names_the_download_command_when_data_is_missing(tmp_path: Path, ca
     assert main(["demo", "--data-dir", str(tmp_path / "nodata"), "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
     assert "pretune data download nsmc" in err
+
+
+def test_demo_precision_is_bf16_on_cuda_and_amx_cpus_and_fp32_elsewhere(monkeypatch: pytest.MonkeyPatch) -> None:
+    import pretune.demo as demo
+
+    monkeypatch.setattr(demo.torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(demo, "cpu_bf16_is_fast", lambda: True)
+    assert demo.demo_precision(DemoSettings()) == "bf16"
+    monkeypatch.setattr(demo, "cpu_bf16_is_fast", lambda: False)
+    assert demo.demo_precision(DemoSettings()) == "fp32"
+    assert demo.demo_precision(DemoSettings(device="cuda")) == "bf16"
+    assert demo.demo_precision(DemoSettings(precision="fp32", device="cuda")) == "fp32"
+    assert demo.demo_precision(DemoSettings(precision="bf16")) == "bf16"

@@ -33,6 +33,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--pretrain-seconds", type=float, help="pretraining time (default: from --minutes)")
     p.add_argument("--model", help="BERT preset to pretrain and compare (default bert-tiny)")
     p.add_argument("--corpus-lines", type=int, help="use only the first N lines of the unlabeled corpus")
+    p.add_argument(
+        "--precision", choices=["auto", "fp32", "bf16"], default="auto",
+        help="auto: bf16 autocast on CUDA and on CPUs with AMX (faster there), else fp32",
+    )
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=run)
 
@@ -42,6 +46,7 @@ def run(args: argparse.Namespace) -> int:
         out=args.out, data_dir=args.data_dir, minutes=args.minutes, device=args.device, fresh=args.fresh,
         gpt=args.gpt, analysis=args.analysis, full_test=args.full_test, progress=not args.no_progress,
         pretrain_seconds=args.pretrain_seconds, corpus_lines=args.corpus_lines,
+        precision=args.precision,
     )
     if args.model:
         s.model = args.model
