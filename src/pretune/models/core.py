@@ -285,7 +285,10 @@ class _LinearCrossEntropy(torch.autograd.Function):
                     else:
                         torch.addmm(bias, h, wt, out=x)
                 else:
-                    x.copy_(F.linear(h, weight, bias))
+                    # the bias joins in the cast to the fp32 buffer: addmm would first copy it out
+                    # to every row (a pass over the whole block)
+                    logits = torch.mm(h, wt)
+                    torch.add(logits, bias, out=x) if bias is not None else x.copy_(logits)
                 t = targets[s:e]
                 valid = valid_c[s - start : e - start]
                 safe = torch.where(valid, t, 0).unsqueeze(1)
