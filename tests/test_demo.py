@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from pretune.cli import main
 from pretune.demo import DemoSettings, run_demo
@@ -74,13 +75,20 @@ def test_demo_names_the_download_command_when_data_is_missing(tmp_path: Path, ca
 
 
 def test_demo_precision_is_bf16_on_cuda_and_amx_cpus_and_fp32_elsewhere(monkeypatch: pytest.MonkeyPatch) -> None:
-    import pretune.demo as demo
+    import pretune.train.trainer as trainer
+    from pretune.demo import demo_precision
 
-    monkeypatch.setattr(demo.torch.cuda, "is_available", lambda: False)
-    monkeypatch.setattr(demo, "cpu_bf16_is_fast", lambda: True)
-    assert demo.demo_precision(DemoSettings()) == "bf16"
-    monkeypatch.setattr(demo, "cpu_bf16_is_fast", lambda: False)
-    assert demo.demo_precision(DemoSettings()) == "fp32"
-    assert demo.demo_precision(DemoSettings(device="cuda")) == "bf16"
-    assert demo.demo_precision(DemoSettings(precision="fp32", device="cuda")) == "fp32"
-    assert demo.demo_precision(DemoSettings(precision="bf16")) == "bf16"
+    monkeypatch.setattr(trainer.torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(trainer, "cpu_has_amx", lambda: True)
+    assert demo_precision(DemoSettings()) == "bf16"
+    assert demo_precision(DemoSettings(precision="fp32")) == "fp32"
+    monkeypatch.setattr(trainer, "cpu_has_amx", lambda: False)
+    assert demo_precision(DemoSettings()) == "fp32"
+    assert demo_precision(DemoSettings(precision="bf16")) == "bf16"
+    # the library's own auto keeps fp32 on every CPU, AMX or not
+    monkeypatch.setattr(trainer, "cpu_has_amx", lambda: True)
+    assert trainer.resolve_precision("auto", torch.device("cpu")) == "fp32"
+    monkeypatch.setattr(trainer.torch.cuda, "is_available", lambda: True)
+    assert demo_precision(DemoSettings()) == "bf16"  # CUDA
+    assert demo_precision(DemoSettings(precision="fp32", device="cuda")) == "fp32"
+    assert trainer.resolve_precision("auto", torch.device("cuda")) == "bf16"

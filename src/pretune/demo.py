@@ -82,25 +82,18 @@ class DemoSettings:
     finetune_epochs: dict[int, float] = field(default_factory=dict)  # labels -> epochs (default rule below)
     analysis_save_every: int = 100  # --analysis: GPT checkpoints every N steps, for zero-shot vs steps
     # auto: bf16 autocast where it is faster than fp32 (CUDA; a CPU with AMX, see
-    # cpu_bf16_is_fast), else fp32. Pretraining and both fine-tuning twins use the same precision.
+    # train/trainer.py resolve_precision), else fp32. Pretraining and both twins use the same one.
     precision: str = "auto"
     seed: int = 0
     progress: bool = True
 
 
-def cpu_bf16_is_fast() -> bool:
-    """Whether this CPU multiplies bf16 matrices in hardware (Intel AMX): there bf16 autocast makes
-    a small BERT's training step ~1.5x faster than fp32 (docs/demo.md); elsewhere it is slower."""
-    check = getattr(torch.cpu, "_is_amx_tile_supported", None)
-    return bool(check and check())
-
-
 def demo_precision(s: DemoSettings) -> str:
-    """The precision the demo trains in: ``s.precision``, with auto resolved for this machine."""
-    if s.precision != "auto":
-        return s.precision
-    cuda = s.device == "cuda" or (s.device == "auto" and torch.cuda.is_available())
-    return "bf16" if cuda or cpu_bf16_is_fast() else "fp32"
+    """The precision the demo trains in: ``s.precision``, with auto resolved for this machine
+    (bf16 on CUDA and on a CPU with AMX, else fp32)."""
+    from pretune.train.trainer import resolve_device, resolve_precision
+
+    return resolve_precision(s.precision, resolve_device(s.device), bf16_on_amx_cpu=True)
 
 
 def epochs_for(labels: int) -> float:
