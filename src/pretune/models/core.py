@@ -271,6 +271,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
         buf = torch.empty(min(chunk, n), vocab, dtype=torch.float32, device=hidden.device)
         # bf16/fp16 weights: the gradient of the logits is cast once per block, into this buffer
         low = None if fp32 or not need_any else torch.empty(buf.shape, dtype=weight.dtype, device=hidden.device)
+        bias32 = None if fp32 or bias is None else bias.float()
         wt = weight.t()
         for start in range(0, n, chunk):
             stop = min(n, start + chunk)
@@ -285,10 +286,12 @@ class _LinearCrossEntropy(torch.autograd.Function):
                     else:
                         torch.addmm(bias, h, wt, out=x)
                 else:
-                    # the bias joins in the cast to the fp32 buffer: addmm would first copy it out
-                    # to every row (a pass over the whole block)
-                    logits = torch.mm(h, wt)
-                    torch.add(logits, bias, out=x) if bias is not None else x.copy_(logits)
+                    # bf16 product, cast into the fp32 buffer, fp32 bias added there: one rounding
+                    # of the logits, and faster on the CPU than bf16 addmm or a mixed-dtype add
+                    # (0.7 against 1.0 ms for (320, 8000))
+                    x.copy_(torch.mm(h, wt))
+                    if bias32 is not None:
+                        x += bias32
                 t = targets[s:e]
                 valid = valid_c[s - start : e - start]
                 safe = torch.where(valid, t, 0).unsqueeze(1)
