@@ -92,3 +92,23 @@ def test_demo_precision_is_bf16_on_cuda_and_amx_cpus_and_fp32_elsewhere(monkeypa
     assert demo_precision(DemoSettings()) == "bf16"  # CUDA
     assert demo_precision(DemoSettings(precision="fp32", device="cuda")) == "fp32"
     assert trainer.resolve_precision("auto", torch.device("cuda")) == "bf16"
+
+
+def test_both_twins_fine_tune_with_identical_settings_grouped_by_length(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import dataclasses
+
+    import pretune.train.finetune as ft
+    from pretune.demo import finetune_stage
+
+    seen: list[ft.FinetuneSettings] = []
+    monkeypatch.setattr(ft, "finetune", lambda settings: seen.append(settings) or {})
+    splits = {"budgets": {2000: tmp_path / "train.tsv"}, "validation": tmp_path / "v.tsv", "test": tmp_path / "t.tsv"}
+    s = DemoSettings(precision="fp32")
+    finetune_stage("pretrain-bert", tmp_path / "tok", splits, 2000, tmp_path / "a", s)
+    finetune_stage("scratch.json", tmp_path / "tok", splits, 2000, tmp_path / "b", s)
+    finetune_stage("gpt", None, splits, 2000, tmp_path / "c", s, transfer_layers=1)
+    first, second, gpt = (dataclasses.asdict(x) for x in seen)
+    assert first["group_by_length"] is True and first["epochs"] == 10.0 and first["lr"] == s.finetune_lr
+    differ = {k for k in first if first[k] != second[k]}
+    assert differ == {"model", "out"}
+    assert gpt["transfer_layers"] == 1 and gpt["tokenizer"] is None and first["transfer_layers"] is None
