@@ -10,6 +10,7 @@ import torch
 
 from pretune.cli import main
 from pretune.demo import DemoSettings, run_demo
+from pretune.errors import PretuneError
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -31,6 +32,11 @@ def test_demo_pipeline_writes_results_plots_and_report(tmp_path: Path) -> None:
     assert runs == {("bert", "pretrained", 64), ("bert", "scratch", 64)}
     for r in saved["runs"]:
         assert set(r) >= {"model", "init", "labels", "accuracy", "seconds"} and 0.0 <= r["accuracy"] <= 1.0
+        # one run per learning rate; the kept one is the best on validation, and its test accuracy is reported
+        cands = r["lr_candidates"]
+        assert [c["lr"] for c in cands] == s.finetune_lrs
+        best = max(cands, key=lambda c: c["validation"])
+        assert (r["lr"], r["accuracy"], r["validation"]) == (best["lr"], best["test"], best["validation"])
     emb = saved["contextual_embedding"]
     assert len(emb["cosine"]) == 6 and all(abs(emb["cosine"][i][i] - 1) < 1e-5 for i in range(6))
     report = (out / "report.md").read_text()
@@ -94,21 +100,44 @@ def test_demo_precision_is_bf16_on_cuda_and_amx_cpus_and_fp32_elsewhere(monkeypa
     assert trainer.resolve_precision("auto", torch.device("cuda")) == "bf16"
 
 
-def test_both_twins_fine_tune_with_identical_settings_grouped_by_length(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_both_twins_fine_tune_with_identical_settings_and_keep_the_best_lr_on_validation(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     import dataclasses
 
     import pretune.train.finetune as ft
-    from pretune.demo import finetune_stage
+    from pretune.demo import finetune_best_lr, finetune_stage
 
     seen: list[ft.FinetuneSettings] = []
-    monkeypatch.setattr(ft, "finetune", lambda settings: seen.append(settings) or {})
+    # validation prefers the lower rate for the "pretrained" model and the higher one for "scratch";
+    # the test accuracy would say the opposite and must not be what chooses
+    val = {("pretrain-bert", 3e-4): 0.80, ("pretrain-bert", 1e-3): 0.79, ("scratch.json", 3e-4): 0.75, ("scratch.json", 1e-3): 0.76}
+
+    def fake_finetune(settings: ft.FinetuneSettings) -> dict:
+        seen.append(settings)
+        Path(settings.out).mkdir(parents=True)
+        (Path(settings.out) / "model.safetensors").write_bytes(b"w")
+        v = val.get((settings.model, settings.lr), 0.5)
+        return {"validation": {"accuracy": v}, "test": {"accuracy": 1 - v}, "best_epoch": 1}
+
+    monkeypatch.setattr(ft, "finetune", fake_finetune)
     splits = {"budgets": {2000: tmp_path / "train.tsv"}, "validation": tmp_path / "v.tsv", "test": tmp_path / "t.tsv"}
     s = DemoSettings(precision="fp32")
-    finetune_stage("pretrain-bert", tmp_path / "tok", splits, 2000, tmp_path / "a", s)
-    finetune_stage("scratch.json", tmp_path / "tok", splits, 2000, tmp_path / "b", s)
-    finetune_stage("gpt", None, splits, 2000, tmp_path / "c", s, transfer_layers=1)
-    first, second, gpt = (dataclasses.asdict(x) for x in seen)
-    assert first["group_by_length"] is True and first["epochs"] == 10.0 and first["lr"] == s.finetune_lr
-    differ = {k for k in first if first[k] != second[k]}
-    assert differ == {"model", "out"}
-    assert gpt["transfer_layers"] == 1 and gpt["tokenizer"] is None and first["transfer_layers"] is None
+    pre = finetune_best_lr("pretrain-bert", tmp_path / "tok", splits, 2000, tmp_path / "a", s)
+    scr = finetune_best_lr("scratch.json", tmp_path / "tok", splits, 2000, tmp_path / "b", s)
+    assert (pre["lr"], pre["test"]["accuracy"]) == (3e-4, pytest.approx(0.20))
+    assert (scr["lr"], scr["test"]["accuracy"]) == (1e-3, pytest.approx(0.24))
+    assert [c["lr"] for c in pre["candidates"]] == s.finetune_lrs and pre["candidates"][1]["validation"] == 0.79
+    # only the chosen run keeps its weights
+    assert (tmp_path / "a" / "lr-0.0003" / "model.safetensors").is_file()
+    assert not (tmp_path / "a" / "lr-0.001" / "model.safetensors").exists()
+    # the twins ran the same settings at each rate: only the model and the output folder differ
+    runs = [dataclasses.asdict(x) for x in seen]
+    for a, b in zip(runs[:2], runs[2:]):
+        assert {k for k in a if a[k] != b[k]} == {"model", "out"}
+        assert a["group_by_length"] is True and a["epochs"] == 10.0
+    assert [r["lr"] for r in runs] == [3e-4, 1e-3, 3e-4, 1e-3]
+    finetune_stage("gpt", None, splits, 2000, tmp_path / "c", s, 1e-3, transfer_layers=1)
+    assert seen[-1].transfer_layers == 1 and seen[-1].tokenizer is None and runs[0]["transfer_layers"] is None
+    with pytest.raises(PretuneError, match="finetune_lrs"):
+        finetune_best_lr("m", None, splits, 2000, tmp_path / "d", DemoSettings(finetune_lrs=[]))
