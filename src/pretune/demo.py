@@ -46,7 +46,7 @@ ZERO_SHOT = {"positive": " 최고의 영화", "negative": " 최악의 영화"}
 # Share of --minutes given to pretraining (measured in docs/demo.md: the longer, the larger the gain).
 # The rest (tokenizer, data, 2 x 3 x 2 fine-tuning runs grouped by length, report) takes about
 # 2.7 minutes on this 2-core CPU when it is idle.
-PRETRAIN_SHARE = 0.78
+PRETRAIN_SHARE = 0.75
 
 
 @dataclass

@@ -21,7 +21,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data-dir", help="data root holding nsmc/ (default: $PRETUNE_DATA, ../shared/data, ~/.cache/pretune/data)")
     p.add_argument(
         "--minutes", type=float, default=13.0,
-        help="time target for the whole demo (default 13); pretraining gets 78%% of it, per model",
+        help="time target for the whole demo (default 13); pretraining gets 75%% of it, per model",
     )
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--fresh", action="store_true", help="retrain the tokenizer and the pretrained model")
