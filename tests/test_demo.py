@@ -122,7 +122,7 @@ def test_both_twins_fine_tune_with_identical_settings_and_keep_the_best_lr_on_va
 
     monkeypatch.setattr(ft, "finetune", fake_finetune)
     splits = {"budgets": {2000: tmp_path / "train.tsv"}, "validation": tmp_path / "v.tsv", "test": tmp_path / "t.tsv"}
-    s = DemoSettings(precision="fp32")
+    s = DemoSettings(precision="fp32", finetune_lrs=[3e-4, 1e-3])
     pre = finetune_best_lr("pretrain-bert", tmp_path / "tok", splits, 2000, tmp_path / "a", s)
     scr = finetune_best_lr("scratch.json", tmp_path / "tok", splits, 2000, tmp_path / "b", s)
     assert (pre["lr"], pre["test"]["accuracy"]) == (3e-4, pytest.approx(0.20))

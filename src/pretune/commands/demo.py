@@ -21,7 +21,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data-dir", help="data root holding nsmc/ (default: $PRETUNE_DATA, ../shared/data, ~/.cache/pretune/data)")
     p.add_argument(
         "--minutes", type=float, default=13.0,
-        help="time target for the whole demo (default 13); pretraining gets 75%% of it, per model",
+        help="time target for the whole demo (default 13); pretraining gets 82%% of it, per model",
     )
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--fresh", action="store_true", help="retrain the tokenizer and the pretrained model")
@@ -36,6 +36,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--precision", choices=["auto", "fp32", "bf16"], default="auto",
         help="auto: bf16 autocast on CUDA and on CPUs with AMX (faster there), else fp32",
+    )
+    p.add_argument(
+        "--finetune-lr", type=float, nargs="+",
+        help="fine-tuning learning rate of both twins (default 3e-4); with several, each twin keeps its best on validation",
     )
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=run)
@@ -54,6 +58,8 @@ def run(args: argparse.Namespace) -> int:
         s.budgets = sorted(args.budgets)
     if args.test_sample:
         s.test_sample = args.test_sample
+    if args.finetune_lr:
+        s.finetune_lrs = list(args.finetune_lr)
     given = sys.argv[sys.argv.index("demo") + 1 :] if "demo" in sys.argv else []
     run_demo(s, command=shlex.join(["pretune", "demo", *given]))
     return 0
