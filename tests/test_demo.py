@@ -20,7 +20,7 @@ def test_demo_pipeline_writes_results_plots_and_report(tmp_path: Path) -> None:
     s = DemoSettings(
         out=str(tmp_path / "demo"), data_dir=str(DATA), budgets=[64], test_sample=64, validation_size=64,
         corpus_lines=3000, tokenizer_lines=3000, vocab_size=1500, pretrain_seconds=4, seq_len=64,
-        finetune_seq_len=32, finetune_epochs={64: 1}, pretrain_batch=16, progress=False,
+        finetune_seq_len=32, finetune_epochs={64: 1}, pretrain_batch=16, progress=False, finetune_lrs=[3e-4, 1e-3],
     )
     results = run_demo(s, command="pretune demo (test)")
     out = Path(s.out)
@@ -37,6 +37,9 @@ def test_demo_pipeline_writes_results_plots_and_report(tmp_path: Path) -> None:
         assert [c["lr"] for c in cands] == s.finetune_lrs
         best = max(cands, key=lambda c: c["validation"])
         assert (r["lr"], r["accuracy"], r["validation"]) == (best["lr"], best["test"], best["validation"])
+        run_dir = out / "finetune" / f"bert-{r['init']}-64"
+        kept = {d.name for d in run_dir.iterdir() if any(d.rglob("model.safetensors"))}
+        assert kept == {f"lr-{r['lr']:g}"}  # the other rate's weights are deleted
     emb = saved["contextual_embedding"]
     assert len(emb["cosine"]) == 6 and all(abs(emb["cosine"][i][i] - 1) < 1e-5 for i in range(6))
     report = (out / "report.md").read_text()
