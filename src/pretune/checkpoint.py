@@ -7,11 +7,7 @@ a pretune model directory, or a Hugging Face checkpoint directory (converted on 
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +19,7 @@ from torch import Tensor, nn
 from pretune import hf
 from pretune.config import PRESETS, ModelConfig, preset, read_json
 from pretune.errors import PretuneError
+from pretune.io import atomic_dir, atomic_path, write_json
 from pretune.models import build_model
 
 CONFIG_FILE = "config.json"
@@ -37,56 +34,6 @@ class LoadedModel:
     task: dict[str, Any] | None = None  # what fine-tuning saved: task name, labels, ...
     source: str = ""  # "preset", "config", "pretune" or "huggingface"
     missing: list[str] = field(default_factory=list)  # optional tensors initialised fresh
-
-
-# --- atomic writes -----------------------------------------------------------------------------
-
-
-@contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; on success it replaces ``path`` in one rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def write_text_atomic(path: str | Path, text: str) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(text, encoding="utf-8")
-
-
-def write_json_atomic(path: str | Path, data: Any) -> None:
-    write_text_atomic(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
-
-
-@contextmanager
-def atomic_dir(path: str | Path) -> Iterator[Path]:
-    """Build a directory under a temporary name and rename it into place when complete.
-
-    If ``path`` already exists it is replaced only after the new one is complete.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
-    try:
-        yield tmp
-        if path.exists():
-            old = path.with_name(f".{path.name}.old-{os.getpid()}")
-            os.replace(path, old)
-            os.replace(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 # --- saving ------------------------------------------------------------------------------------
@@ -116,7 +63,7 @@ def write_model_files(
         data["task"] = task
     with atomic_path(directory / WEIGHTS_FILE) as tmp:
         save_file(state_dict_for_saving(model, exclude), str(tmp), metadata={"format": "pt", "pretune": "1"})
-    write_json_atomic(directory / CONFIG_FILE, data)
+    write_json(directory / CONFIG_FILE, data)
     if tokenizer is not None:
         tokenizer.save(directory)
 

@@ -29,10 +29,11 @@ from typing import Any
 
 import torch
 
-from pretune.checkpoint import atomic_path, load_model, write_json_atomic, write_text_atomic
+from pretune.checkpoint import load_model
 from pretune.data.corpus import iter_lines
 from pretune.data.download import data_dir, require
 from pretune.errors import PretuneError
+from pretune.io import atomic_path, write_json, write_text
 from pretune.report import plot_lines, read_metrics
 
 # Senses of "눈" for the contextual-embedding example: snow and eye.
@@ -446,7 +447,7 @@ A static embedding (Word2Vec, or this model's layer 0) gives 1.00 everywhere.
         )
         text += "\n\n![zero-shot](zero_shot.png)\n"
     text += "\n## How long each step took\n| stage | seconds |\n|---|---:|\n" + stages + "\n"
-    write_text_atomic(out / "report.md", text)
+    write_text(out / "report.md", text)
     return out / "report.md"
 
 
@@ -537,7 +538,7 @@ def run_demo(s: DemoSettings, command: str = "pretune demo") -> dict[str, Any]:
         date=time.strftime("%Y-%m-%d"),
         command=command,
     )
-    write_json_atomic(out / "results.json", results)
+    write_json(out / "results.json", results)
     report = write_report(out, results)
     print(f"\nwrote {out / 'results.json'}, {report}")
     return results

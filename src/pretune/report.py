@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from pretune.checkpoint import atomic_path
+from pretune.io import atomic_path
 
 
 def _pyplot():

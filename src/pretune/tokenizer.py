@@ -16,8 +16,6 @@ holds ``tokenizer.json`` plus the classic vocabulary files, and loads with Huggi
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -26,6 +24,7 @@ from tokenizers import AddedToken, decoders, models, normalizers, pre_tokenizers
 
 from pretune.data import corpus
 from pretune.errors import PretuneError
+from pretune.io import write_text
 
 KINDS = ("wordpiece", "bpe")
 WORDPIECE_SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
@@ -211,7 +210,7 @@ class Tokenizer:
         files["tokenizer_config.json"] = json.dumps(config, indent=2, ensure_ascii=False)
         files["special_tokens_map.json"] = json.dumps(specials, indent=2, ensure_ascii=False)
         for name, text in files.items():
-            _atomic_write(d / name, text)
+            write_text(d / name, text)
         return d
 
     @classmethod
@@ -237,18 +236,6 @@ class Tokenizer:
 
     def __repr__(self) -> str:
         return f"Tokenizer(kind={self.kind!r}, vocab_size={self.vocab_size})"
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as fh:
-            fh.write(text)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; a tokenizer is meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _lowercases(backend: tokenizers.Tokenizer) -> bool:

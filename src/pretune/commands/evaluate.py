@@ -28,7 +28,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     args = apply_run_config(args, args._parser)
-    from pretune.checkpoint import write_json_atomic
+    from pretune.io import write_json
     from pretune.train.finetune import evaluate
 
     for flag in ("model", "data"):
@@ -41,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
             progress=not args.no_progress,
         )
     out = Path(args.out) if args.out else Path(args.model) / f"eval_{Path(args.data).name}.json"
-    write_json_atomic(out, metrics)
+    write_json(out, metrics)
     width = max(len(k) for k in metrics)
     for name, value in metrics.items():
         print(f"{name.ljust(width)}  {value:.4f}")

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 from pretune.data import corpus
 from pretune.errors import PretuneError
+from pretune.io import atomic_dir
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -63,17 +62,6 @@ def _check_out(out: Path, force: bool) -> None:
         raise PretuneError(f"--out {out}: directory exists and is not empty; pass --force to replace it")
 
 
-def _replace_dir(tmp: Path, out: Path) -> None:
-    """Move the finished ``tmp`` directory to ``out``, replacing an existing ``out`` (checked already)."""
-    old = None
-    if out.is_dir():
-        old = out.with_name(f"{out.name}.old-{tmp.name.rsplit('-', 1)[-1]}")
-        out.rename(old)
-    tmp.rename(out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
 def run_train(args: argparse.Namespace) -> int:
     from pretune.tokenizer import train_tokenizer
 
@@ -92,14 +80,8 @@ def run_train(args: argparse.Namespace) -> int:
         skip_bad_lines=args.skip_bad_lines,
         stats=stats,
     )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f"{out.name}.tmp-"))
-    try:
+    with atomic_dir(out) as tmp:
         tok.save(tmp)
-        _replace_dir(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     seconds = time.perf_counter() - started
     plural = "s" if stats.bad_lines != 1 else ""
     skipped = f", {stats.bad_lines:,} bad line{plural} skipped" if stats.bad_lines else ""

@@ -26,12 +26,10 @@ import http.client
 import os
 import shlex
 import sys
-import tempfile
 import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -39,6 +37,7 @@ from typing import BinaryIO
 from tqdm import tqdm
 
 from pretune.errors import PretuneError, where
+from pretune.io import atomic_path
 
 ENV_DATA = "PRETUNE_DATA"
 ENV_MIRROR = "PRETUNE_DATA_MIRROR"
@@ -202,31 +201,16 @@ NSMC_RAW = {"train.tsv": "nsmc/raw/ratings_train.txt", "test.tsv": "nsmc/raw/rat
 KORNLU_URL = "https://raw.githubusercontent.com/kakaobrain/KorNLUDatasets/master"
 
 
-@contextmanager
-def _atomic(path: Path) -> Iterator[Path]:
-    """A temporary path beside ``path`` that replaces it in one rename on success, else is deleted."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    os.chmod(tmp, 0o644)  # mkstemp makes 0600; data files are meant to be shared
-    try:
-        yield Path(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def nsmc_postprocess(root: Path) -> None:
     """Build ``nsmc/train.tsv`` / ``test.tsv`` from the official ``ratings_*.txt`` (same layout,
     line endings normalised to LF) and ``nsmc/unlabeled.txt.gz``: the text of every non-empty
     train review, one per line (the official files are random samples with no document order, so
     there are no blank document separators). Test reviews never enter the unlabeled corpus."""
     for out, raw in NSMC_RAW.items():
-        with _atomic(root / "nsmc" / out) as tmp, tmp.open("w", encoding="utf-8", newline="\n") as dst:
+        with atomic_path(root / "nsmc" / out) as tmp, tmp.open("w", encoding="utf-8", newline="\n") as dst:
             for _, text in _open_lines(root / raw, raw):
                 dst.write(text + "\n")
-    with _atomic(root / "nsmc" / "unlabeled.txt.gz") as tmp, tmp.open("wb") as fh:
+    with atomic_path(root / "nsmc" / "unlabeled.txt.gz") as tmp, tmp.open("wb") as fh:
         # mtime=0 and no file name: the same input gives the same bytes
         with gzip.GzipFile(filename="", mode="wb", fileobj=fh, mtime=0) as gz:
             for lineno, text in _open_lines(root / NSMC_RAW["train.tsv"], NSMC_RAW["train.tsv"]):
@@ -425,42 +409,32 @@ def verify_problem(spec: RemoteFile, path: Path) -> str | None:
 
 
 def _fetch(spec: RemoteFile, root: Path, dataset: str, timeout: float, progress: bool) -> None:
-    """Download one file to ``.partial-<name>``, verify it, and rename it onto its target."""
+    """Download one file beside its target, verify it, and rename it onto the target."""
     target = root / spec.path
-    partial = target.with_name(f".partial-{target.name}")
     url = resolve_url(spec.url)
     retry = f"run `pretune data download {dataset}` again to retry"
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        out = partial.open("wb")
-    except OSError as exc:
-        raise PretuneError(
-            f"cannot write {partial}: {exc.strerror or exc}; choose a writable --data-dir (or set {ENV_DATA})"
-        ) from exc
-    done = False
-    try:
-        with out:
+    with atomic_path(target, what=f"choose a writable --data-dir (or set {ENV_DATA})") as partial:
+        with partial.open("wb") as out:
             actual = _stream(url, out, spec.path, retry, timeout, progress)
-        size = partial.stat().st_size
-        if spec.size is not None and size != spec.size:
-            raise PretuneError(
-                f"{spec.path}: got {size:,} bytes from {url}, expected {spec.size:,}; the file was deleted; {retry}"
-            )
-        if spec.sha256 is not None and actual != spec.sha256.lower():
-            raise PretuneError(
-                f"{spec.path}: sha256 mismatch for {url}: expected {spec.sha256}, got {actual}; the file was "
-                "deleted (a changed upstream file, or a broken mirror or proxy)"
-            )
-        if spec.check is not None:
-            try:
-                spec.check(partial, spec.path)
-            except PretuneError as exc:
-                raise PretuneError(f"{exc} (downloaded from {url}; the file was deleted)") from exc
-        os.replace(partial, target)
-        done = True
-    finally:
-        if not done:
-            partial.unlink(missing_ok=True)
+        _verify_download(spec, partial, actual, url, retry)
+
+
+def _verify_download(spec: RemoteFile, partial: Path, actual: str, url: str, retry: str) -> None:
+    size = partial.stat().st_size
+    if spec.size is not None and size != spec.size:
+        raise PretuneError(
+            f"{spec.path}: got {size:,} bytes from {url}, expected {spec.size:,}; the file was deleted; {retry}"
+        )
+    if spec.sha256 is not None and actual != spec.sha256.lower():
+        raise PretuneError(
+            f"{spec.path}: sha256 mismatch for {url}: expected {spec.sha256}, got {actual}; the file was "
+            "deleted (a changed upstream file, or a broken mirror or proxy)"
+        )
+    if spec.check is not None:
+        try:
+            spec.check(partial, spec.path)
+        except PretuneError as exc:
+            raise PretuneError(f"{exc} (downloaded from {url}; the file was deleted)") from exc
 
 
 def check_writable(root: Path, dataset: Dataset) -> None:

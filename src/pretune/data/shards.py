@@ -49,6 +49,7 @@ from tqdm.auto import tqdm
 
 from pretune.data import corpus
 from pretune.errors import PretuneError
+from pretune.io import fsync_tree, swap_dir
 
 FORMAT_VERSION = 1
 SPLITS = ("train", "val")
@@ -399,7 +400,8 @@ def prepare_corpus(
         tmp.mkdir()
         try:
             meta = _build(files, tokenizer, tmp, key, mode, val_fraction, skip_bad_lines, workers, batch_docs, progress)
-            os.replace(tmp, final)
+            fsync_tree(tmp)
+            swap_dir(tmp, final)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise

@@ -27,7 +27,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from pretune.checkpoint import LoadedModel, load_model, save_model, write_json_atomic, write_text_atomic
+from pretune.checkpoint import LoadedModel, load_model, save_model
 from pretune.config import PRESETS, read_json
 from pretune.data.tasks import (
     QAExample,
@@ -40,6 +40,7 @@ from pretune.data.tasks import (
 )
 from pretune.data.transforms import Collator, FeatureSet, build_features, feature_length
 from pretune.errors import PretuneError
+from pretune.io import write_json, write_text
 from pretune.metrics import compute_metrics
 from pretune.models import resize_vocab
 from pretune.models.heads import (
@@ -568,7 +569,7 @@ class FinetuneRun:
             save_model(self.out, self.model, self.tokenizer, task=self.task)
         else:
             best["bad"] += 1
-        write_json_atomic(self.out / BEST_STATE, best)
+        write_json(self.out / BEST_STATE, best)
         shown = "  ".join(f"{k[4:]} {v:.4f}" for k, v in metrics.items())
         tqdm.write(f"epoch {epoch:.2f} (step {step}): {shown}" + ("  [best, saved]" if improved else ""))
         return bool(patience) and best["bad"] >= patience
@@ -623,9 +624,9 @@ class FinetuneRun:
             "wall_seconds": round(time.perf_counter() - self.started, 1),
             "device": str(self.trainer.device),
         }
-        write_json_atomic(out / RESULTS, summary)
+        write_json(out / RESULTS, summary)
         table = _metrics_table(results)
-        write_text_atomic(out / "eval_results.txt", table + "\n")
+        write_text(out / "eval_results.txt", table + "\n")
         print(table)
         return summary
 
@@ -735,7 +736,7 @@ def predict(model_dir: str | Path, data: str | Path, out: str | Path, *, task_na
     preds = predict_examples(model, tokenizer, task, examples, batch_size=batch_size, no_truncate=no_truncate,
                              progress=progress, desc="predict")
     lines = [json.dumps(r, ensure_ascii=False) for r in prediction_records(task, examples, preds)]
-    write_text_atomic(out, "".join(line + "\n" for line in lines))
+    write_text(out, "".join(line + "\n" for line in lines))
     return len(lines)
 
 

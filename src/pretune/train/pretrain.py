@@ -19,10 +19,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from pretune.checkpoint import load_model, save_model, write_json_atomic
+from pretune.checkpoint import load_model, save_model
 from pretune.data.pretraining import BertInstanceConfig, BertPretrainingStream, GPTPretrainingStream
 from pretune.data.shards import PreparedCorpus, prepare_corpus
 from pretune.errors import PretuneError
+from pretune.io import write_json
 from pretune.report import plot_training
 from pretune.tokenizer import Tokenizer
 from pretune.train.trainer import TrainConfig, Trainer, init_distributed, seed_everything
@@ -216,7 +217,7 @@ def pretrain(s: PretrainSettings) -> dict[str, Any]:
             "world_size": d.world_size,
             "device": str(device),
         }
-        write_json_atomic(out / "pretrain_results.json", summary)
+        write_json(out / "pretrain_results.json", summary)
     return summary
 
 

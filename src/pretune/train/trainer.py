@@ -29,9 +29,10 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm.auto import tqdm
 
-from pretune.checkpoint import atomic_dir, state_dict_for_saving
+from pretune.checkpoint import state_dict_for_saving
 from pretune.data.prefetch import Prefetcher
 from pretune.errors import PretuneError
+from pretune.io import atomic_dir
 
 CHECKPOINTS = "checkpoints"
 METRICS = "metrics.jsonl"

@@ -1,0 +1,149 @@
+"""Atomic writes: the only place in pretune that renames files and directories into place.
+
+Every file pretune writes appears whole or not at all: it is written under a temporary name
+beside its target, flushed to disk (``fsync``), given the permissions the user's umask allows
+(``mkstemp``/``mkdtemp`` would leave 0600/0700), and renamed over the target in one step; the
+directory entry is flushed too. A directory is built the same way under a temporary name and
+swapped in as a whole, so a reader sees the old version or the new one, never a mix.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from pretune.errors import PretuneError
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def file_mode() -> int:
+    """Permissions of a new file under the current umask (0644 with the usual 022)."""
+    return 0o666 & ~_umask()
+
+
+def dir_mode() -> int:
+    """Permissions of a new directory under the current umask (0755 with the usual 022)."""
+    return 0o777 & ~_umask()
+
+
+def fsync_path(path: str | Path) -> None:
+    """Flush a file's (or a directory's entries') data to disk; a no-op where the OS refuses."""
+    flags = os.O_RDONLY | (os.O_DIRECTORY if Path(path).is_dir() else 0)
+    try:
+        fd = os.open(path, flags)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def fsync_tree(root: str | Path) -> None:
+    """fsync every file and directory under ``root`` (and ``root`` itself)."""
+    for directory, _, files in os.walk(root):
+        for name in files:
+            fsync_path(Path(directory) / name)
+        fsync_path(directory)
+
+
+def _cannot_write(directory: Path, exc: OSError, what: str) -> PretuneError:
+    hint = f"; {what}" if what else ""
+    return PretuneError(f"cannot write into {directory}: {exc.strerror or exc}{hint}")
+
+
+@contextmanager
+def atomic_path(path: str | Path, *, what: str = "") -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success it replaces ``path`` in one rename.
+
+    The caller writes the temporary file (by name, so any library can); on an exception it is
+    deleted and ``path`` is left as it was. A directory that cannot be written is a
+    :class:`PretuneError` (``what`` says what to do about it).
+    """
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise _cannot_write(path.parent, exc, what) from None
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+        os.chmod(tmp, file_mode())
+        fsync_path(tmp)
+        os.replace(tmp, path)
+        fsync_path(path.parent)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_text(path: str | Path, text: str) -> Path:
+    """Write ``text`` (UTF-8, ``\\n`` line ends) to ``path`` atomically."""
+    with atomic_path(path) as tmp:
+        with open(tmp, "w", encoding="utf-8", newline="\n") as fh:
+            fh.write(text)
+    return Path(path)
+
+
+def write_json(path: str | Path, data: Any) -> Path:
+    """Write ``data`` as indented UTF-8 JSON atomically."""
+    return write_text(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+
+
+@contextmanager
+def atomic_dir(path: str | Path) -> Iterator[Path]:
+    """Build a directory under a temporary name; when complete, swap it in for ``path`` as a whole.
+
+    An existing ``path`` (a directory) is replaced only once the new one is complete and flushed;
+    on an exception the temporary directory is removed and ``path`` is untouched.
+    """
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise NotADirectoryError(f"{path} exists and is not a directory")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    except OSError as exc:
+        raise _cannot_write(path.parent, exc, "") from None
+    try:
+        yield tmp
+        os.chmod(tmp, dir_mode())
+        fsync_tree(tmp)
+        swap_dir(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def swap_dir(new: Path, path: Path) -> None:
+    """Put the complete directory ``new`` at ``path``, replacing what was there, in renames only."""
+    if path.exists():
+        old = path.with_name(f".{path.name}.old-{os.getpid()}-{new.name[-8:]}")
+        os.replace(path, old)
+        os.replace(new, path)
+        fsync_path(path.parent)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(new, path)
+        fsync_path(path.parent)
+
+
+__all__ = [
+    "atomic_dir", "atomic_path", "dir_mode", "file_mode", "fsync_path", "fsync_tree", "swap_dir",
+    "write_json", "write_text",
+]
