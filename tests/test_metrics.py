@@ -49,13 +49,14 @@ def test_f1_binary():
     assert f1_binary(PRED, REF) == pytest.approx(0.8)
     # class 0 as positive: TP0 = 1, FP0 = 0, FN0 = 1 -> P = 1, R = 1/2, F1 = 2/3
     assert f1_binary(PRED, REF, pos_label=0) == pytest.approx(2 / 3)
-    assert f1_binary([0, 0], [0, 0]) == 0.0  # no positives anywhere: 0, not an error
+    # no positives anywhere: F1 = 0/0, reported as 0 without scikit-learn's "ill-defined" warning
+    assert _recorded(f1_binary, [0, 0], [0, 0]) == (0.0, [])
 
 
 def test_f1_binary_positive_class_never_predicted():
     # pred all 0 vs REF: TP = 0, FP = 0 (precision 0/0), FN = 2 -> F1 = 2TP/(2TP+FP+FN) = 0/2 = 0
     f1, caught = _recorded(f1_binary, [0, 0, 0, 0], REF)
-    assert f1 == 0.0 and caught == []  # zero_division=0: no "ill-defined" warning either
+    assert f1 == 0.0 and caught == []
     # predicted but never present: TP = 0, FP = 1, FN = 0 -> F1 = 0/1 = 0
     assert f1_binary([1, 0], [0, 0]) == 0.0
 
