@@ -15,7 +15,8 @@ What each function follows:
   ``RuntimeWarning`` saying why, rather than a made-up 0.0 that would read as "no correlation".
 * extractive QA: :func:`qa_scores` re-implements an official evaluation script, chosen by
   ``style`` (see :data:`QA_STYLES`). Both take the best score over a question's gold answers and
-  the mean over questions; a question with no prediction scores 0 (with a warning).
+  the mean over questions; a question with no prediction scores 0 (with a warning, as the scripts
+  print one), and so does one with no gold answer (where the scripts would crash).
 
   - ``"squad"``, SQuAD v1.1's ``evaluate-v1.1.py``: lower-case, drop ASCII punctuation, drop the
     English articles a/an/the, collapse whitespace; exact match of the normalised strings and F1
@@ -31,6 +32,9 @@ What each function follows:
 * tagging: :func:`entity_scores` uses seqeval's entity-level precision / recall / F1 in its
   default conlleval-compatible mode (an ``I-`` tag after ``O`` opens an entity; an entity counts
   only when both boundaries and type match).
+* by name: :func:`compute_metrics` picks the family from the input; for QA, ``exact_match`` and
+  ``f1`` follow its ``qa_style`` and ``char_f1`` is always KorQuAD 1.0's F1 (a name that saved
+  korquad checkpoints list and that must keep evaluating).
 """
 
 from __future__ import annotations
