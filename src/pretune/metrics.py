@@ -4,18 +4,37 @@ Every score is a plain ``float`` on the scale of its definition, never multiplie
 accuracy, F1, precision, recall and exact match in 0..1; Matthews, Pearson and Spearman
 correlation in -1..1. (Papers and the official SQuAD / KorQuAD scripts print x 100.)
 
-* labels: :func:`accuracy`, :func:`f1_binary` (positive class 1), :func:`matthews` (scikit-learn)
-* scores: :func:`pearson`, :func:`spearman` (scipy). Correlation is undefined when either side is
-  constant (or has fewer than two values): we then return 0.0 and warn instead of NaN, so that a
-  collapsed model reads as "no correlation" and never poisons best-checkpoint selection.
-* extractive QA: :func:`squad_scores` re-implements the official SQuAD v1.1 evaluation (normalise:
-  lower-case, drop punctuation, drop English articles a/an/the, collapse whitespace; exact match and
-  token F1, max over the gold answers, mean over questions; a question with no prediction scores 0).
-  :func:`korquad_char_f1` is KorQuAD 1.0's own F1: its normalisation, then F1 over characters
-  with spaces removed.
+What each function follows:
+
+* labels: :func:`accuracy`, :func:`f1_binary` (F1 of class 1) and :func:`matthews` are
+  scikit-learn's. Matthews correlation keeps scikit-learn's documented convention of 0.0 when
+  either side is constant, as GLUE's own evaluation (which calls scikit-learn) does for CoLA.
+* scores: :func:`pearson` and :func:`spearman` are scipy's (Spearman ranks ties by their average
+  rank). Correlation is undefined when either side is constant, when there are fewer than two
+  values, or when a value is NaN or infinite: we then return ``None`` (JSON ``null``) with one
+  ``RuntimeWarning`` saying why, rather than a made-up 0.0 that would read as "no correlation".
+* extractive QA: :func:`qa_scores` re-implements an official evaluation script, chosen by
+  ``style`` (see :data:`QA_STYLES`). Both take the best score over a question's gold answers and
+  the mean over questions; a question with no prediction scores 0 (with a warning, as the scripts
+  print one), and so does one with no gold answer (where the scripts would crash).
+
+  - ``"squad"``, SQuAD v1.1's ``evaluate-v1.1.py``: lower-case, drop ASCII punctuation, drop the
+    English articles a/an/the, collapse whitespace; exact match of the normalised strings and F1
+    over whitespace tokens. Korean brackets such as 《》 are not ASCII punctuation and stay.
+  - ``"korquad"``, KorQuAD 1.0's ``evaluate-v1.0.py``: quotes, angle brackets and parentheses
+    (``' " 《 》 < > 〈 〉 ( ) ‘ ’``) become spaces, then lower-case, drop ASCII punctuation,
+    collapse whitespace (articles stay); exact match of the normalised strings and F1 over the
+    characters of the normalised tokens (spaces removed), so a particle such as 에서 costs only
+    its characters.
+
+  One quirk of both scripts is kept: F1 is 0 whenever nothing overlaps, even when both answers
+  normalise to the empty string (exact match is then 1).
 * tagging: :func:`entity_scores` uses seqeval's entity-level precision / recall / F1 in its
   default conlleval-compatible mode (an ``I-`` tag after ``O`` opens an entity; an entity counts
   only when both boundaries and type match).
+* by name: :func:`compute_metrics` picks the family from the input; for QA, ``exact_match`` and
+  ``f1`` follow its ``qa_style`` and ``char_f1`` is always KorQuAD 1.0's F1 (a name that saved
+  korquad checkpoints list and that must keep evaluating).
 """
 
 from __future__ import annotations
@@ -48,46 +67,70 @@ def accuracy(predictions: Sequence[int], references: Sequence[int]) -> float:
 
 
 def f1_binary(predictions: Sequence[int], references: Sequence[int], pos_label: int = 1) -> float:
-    """F1 of the positive class (``pos_label``); 0.0 when it is never predicted nor present."""
+    """F1 of the positive class (``pos_label``); 0.0 when it is never predicted (no true positive)."""
     r, p = _pair(references, predictions)
     return float(skm.f1_score(r, p, pos_label=pos_label, average="binary", zero_division=0))
 
 
 def matthews(predictions: Sequence[int], references: Sequence[int]) -> float:
-    """Matthews correlation coefficient (0.0 when predictions or references are constant)."""
+    """Matthews correlation coefficient.
+
+    When either side holds a single class the formula divides by zero; scikit-learn documents
+    that it then returns 0.0, and GLUE's CoLA score (computed with scikit-learn) does the same,
+    so we keep that convention to stay comparable rather than report it as undefined.
+    """
     return float(skm.matthews_corrcoef(*_pair(references, predictions)))
 
 
-def _correlation(fn: Callable, name: str, predictions: Sequence[float], references: Sequence[float]) -> float:
+def _undefined_because(p: np.ndarray, r: np.ndarray) -> str | None:
+    """Why a correlation of ``p`` and ``r`` is undefined, or None when it is defined."""
+    if p.size < 2:
+        return f"there is only {p.size} example"
+    sides = (("predictions", p), ("references", r))
+    bad = [name for name, v in sides if not np.all(np.isfinite(v))]
+    if bad:
+        return f"the {' and '.join(bad)} contain NaN or infinity"
+    constant = [f"the {name} are constant (all {v[0]:g})" for name, v in sides if np.all(v == v[0])]
+    return " and ".join(constant) or None
+
+
+def _correlation(
+    fn: Callable, name: str, predictions: Sequence[float], references: Sequence[float]
+) -> float | None:
     p, r = _pair(predictions, references)
     p, r = p.astype(float), r.astype(float)
-    if p.size < 2 or np.all(p == p[0]) or np.all(r == r[0]):
-        which = "fewer than two examples" if p.size < 2 else "constant predictions or references"
+    reason = _undefined_because(p, r)
+    if reason:
         warnings.warn(
-            f"{name} correlation is undefined for {which}; reporting 0.0", RuntimeWarning, stacklevel=3
+            f"{name} correlation is undefined: {reason}; reported as null", RuntimeWarning, stacklevel=3
         )
-        return 0.0
+        return None
     return float(fn(p, r)[0])
 
 
-def pearson(predictions: Sequence[float], references: Sequence[float]) -> float:
-    """Pearson correlation; 0.0 with a warning when undefined (a constant side)."""
+def pearson(predictions: Sequence[float], references: Sequence[float]) -> float | None:
+    """Pearson correlation (scipy); None with a warning when undefined (see the module docstring)."""
     return _correlation(stats.pearsonr, "Pearson", predictions, references)
 
 
-def spearman(predictions: Sequence[float], references: Sequence[float]) -> float:
-    """Spearman rank correlation; 0.0 with a warning when undefined (a constant side)."""
+def spearman(predictions: Sequence[float], references: Sequence[float]) -> float | None:
+    """Spearman rank correlation (scipy, ties get their average rank); None with a warning when undefined."""
     return _correlation(stats.spearmanr, "Spearman", predictions, references)
 
 
 # --------------------------------------------------------------------------------------------
-# Extractive QA (SQuAD v1.1 and KorQuAD 1.0 evaluation scripts)
+# Extractive QA (SQuAD v1.1 and KorQuAD 1.0 official evaluation scripts)
+
+QA_STYLES: dict[str, str] = {
+    "squad": "SQuAD v1.1 official evaluation",
+    "korquad": "KorQuAD 1.0 official evaluation",
+}
 
 _PUNCT = set(string.punctuation)
 _KORQUAD_SYMBOLS = re.compile("['\"《》<>〈〉()‘’]")
 
 
-def normalize_answer(s: str) -> str:
+def normalize_squad(s: str) -> str:
     """SQuAD v1.1: lower-case, remove punctuation, remove articles a/an/the, collapse whitespace."""
     s = "".join(ch for ch in s.lower() if ch not in _PUNCT)
     return " ".join(re.sub(r"\b(a|an|the)\b", " ", s).split())
@@ -107,18 +150,32 @@ def _overlap_f1(pred: Sequence[str], gold: Sequence[str]) -> float:
     return 2 * precision * recall / (precision + recall)
 
 
-def _token_f1(pred: str, gold: str) -> float:
-    return _overlap_f1(normalize_answer(pred).split(), normalize_answer(gold).split())
+def _squad_exact(pred: str, gold: str) -> float:
+    return float(normalize_squad(pred) == normalize_squad(gold))
 
 
-def _char_f1(pred: str, gold: str) -> float:
-    return _overlap_f1(
-        list(normalize_korquad(pred).replace(" ", "")), list(normalize_korquad(gold).replace(" ", ""))
-    )
+def _squad_f1(pred: str, gold: str) -> float:
+    return _overlap_f1(normalize_squad(pred).split(), normalize_squad(gold).split())
 
 
-def _exact(pred: str, gold: str) -> float:
-    return float(normalize_answer(pred) == normalize_answer(gold))
+def _korquad_exact(pred: str, gold: str) -> float:
+    return float(normalize_korquad(pred) == normalize_korquad(gold))
+
+
+def _korquad_f1(pred: str, gold: str) -> float:
+    return _overlap_f1(normalize_korquad(pred).replace(" ", ""), normalize_korquad(gold).replace(" ", ""))
+
+
+_QA_SCORERS: dict[str, tuple[Callable[[str, str], float], Callable[[str, str], float]]] = {
+    "squad": (_squad_exact, _squad_f1),
+    "korquad": (_korquad_exact, _korquad_f1),
+}
+
+
+def _check_qa_style(style: str) -> None:
+    if style not in QA_STYLES:
+        valid = ", ".join(f"{k} ({v})" for k, v in QA_STYLES.items())
+        raise PretuneError(f"unknown QA evaluation style {style!r}; choose from {valid}")
 
 
 def _qa_mean(
@@ -140,16 +197,26 @@ def _warn_missing(pred_texts: Mapping[str, str], gold: Mapping[str, Sequence[str
         warnings.warn(f"{missing} of {len(gold)} questions have no prediction; they score 0", stacklevel=3)
 
 
-def squad_scores(pred_texts: Mapping[str, str], gold: Mapping[str, Sequence[str]]) -> dict[str, float]:
-    """SQuAD v1.1 ``{"exact_match", "f1"}`` in 0..1 for predictions keyed by question id."""
-    _warn_missing(pred_texts, gold)
-    return {"exact_match": _qa_mean(_exact, pred_texts, gold), "f1": _qa_mean(_token_f1, pred_texts, gold)}
+def _qa_table(
+    pred_texts: Mapping[str, str], gold: Mapping[str, Sequence[str]], style: str
+) -> dict[str, float]:
+    exact, f1 = _QA_SCORERS[style]
+    return {"exact_match": _qa_mean(exact, pred_texts, gold), "f1": _qa_mean(f1, pred_texts, gold)}
 
 
-def korquad_char_f1(pred_texts: Mapping[str, str], gold: Mapping[str, Sequence[str]]) -> float:
-    """KorQuAD 1.0's F1 (character level, spaces removed, its own normalisation), in 0..1."""
+def qa_scores(
+    pred_texts: Mapping[str, str], gold: Mapping[str, Sequence[str]], style: str = "squad"
+) -> dict[str, float]:
+    """``{"exact_match", "f1"}`` in 0..1 as the official script of ``style`` computes them.
+
+    ``pred_texts`` maps question id to the predicted answer text, ``gold`` maps question id to its
+    gold answer texts. The two styles normalise differently and disagree on Korean answers (see
+    the module docstring), so a KorQuAD result is only comparable with published ones when it is
+    scored with ``style="korquad"``.
+    """
+    _check_qa_style(style)
     _warn_missing(pred_texts, gold)
-    return _qa_mean(_char_f1, pred_texts, gold)
+    return _qa_table(pred_texts, gold, style)
 
 
 # --------------------------------------------------------------------------------------------
@@ -173,7 +240,7 @@ def entity_scores(pred_tags: Sequence[Sequence[str]], gold: Sequence[Sequence[st
 # --------------------------------------------------------------------------------------------
 # By name
 
-LABEL_METRICS: dict[str, Callable[[Sequence, Sequence], float]] = {
+LABEL_METRICS: dict[str, Callable[[Sequence, Sequence], float | None]] = {
     "accuracy": accuracy,
     "f1": f1_binary,
     "mcc": matthews,
@@ -184,16 +251,40 @@ QA_METRICS = ("exact_match", "f1", "char_f1")
 TAGGING_METRICS = ("precision", "recall", "f1")
 
 
-def compute_metrics(
-    names: Sequence[str], predictions: Sequence | Mapping, references: Sequence | Mapping
+def _qa_metrics(
+    names: Sequence[str], pred_texts: Mapping[str, str], gold: Mapping[str, Sequence[str]], style: str
 ) -> dict[str, float]:
+    """QA metrics by name: ``exact_match`` / ``f1`` in ``style``; ``char_f1`` always KorQuAD's F1.
+
+    ``char_f1`` predates ``qa_style``: checkpoints of the korquad recipe list it beside
+    ``exact_match`` and ``f1``, so it stays a name for KorQuAD 1.0's character F1.
+    """
+    _warn_missing(pred_texts, gold)
+    scores = _qa_table(pred_texts, gold, style) if {"exact_match", "f1"} & set(names) else {}
+    if "char_f1" in names:
+        scores["char_f1"] = _qa_mean(_korquad_f1, pred_texts, gold)
+    return scores
+
+
+def compute_metrics(
+    names: Sequence[str],
+    predictions: Sequence | Mapping,
+    references: Sequence | Mapping,
+    *,
+    qa_style: str = "squad",
+) -> dict[str, float | None]:
     """Compute the named metrics; the kind of input picks the family.
 
     * ``predictions`` a mapping (question id -> answer text), ``references`` id -> gold answers:
-      QA metrics ``exact_match``, ``f1`` (SQuAD v1.1) and ``char_f1`` (KorQuAD).
+      QA metrics ``exact_match`` and ``f1`` as the official script named by ``qa_style`` computes
+      them (a key of :data:`QA_STYLES`), and ``char_f1`` (KorQuAD 1.0's F1, whatever the style).
     * sequences of tag sequences: tagging metrics ``precision``, ``recall``, ``f1`` (entity level).
-    * otherwise labels or scores: ``accuracy``, ``f1`` (binary, class 1), ``mcc``, ``pearson``, ``spearman``.
+    * otherwise labels or scores: ``accuracy``, ``f1`` (binary, class 1), ``mcc``, ``pearson``,
+      ``spearman``; an undefined correlation is ``None``, which callers must rank below any number.
+
+    ``qa_style`` is checked whatever the input, so a misspelt style fails before any scoring.
     """
+    _check_qa_style(qa_style)
     if isinstance(predictions, Mapping):
         kind, valid = "question answering", QA_METRICS
     elif len(predictions) and isinstance(predictions[0], (list, tuple)):
@@ -208,7 +299,5 @@ def compute_metrics(
     if kind == "tagging":
         scores = entity_scores(predictions, references)
     else:
-        scores = squad_scores(predictions, references) if {"exact_match", "f1"} & set(names) else {}
-        if "char_f1" in names:
-            scores["char_f1"] = korquad_char_f1(predictions, references)
+        scores = _qa_metrics(names, predictions, references, qa_style)
     return {n: scores[n] for n in names}
