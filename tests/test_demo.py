@@ -83,24 +83,21 @@ def test_demo_names_the_download_command_when_data_is_missing(tmp_path: Path, ca
     assert "pretune data download nsmc" in err
 
 
-def test_demo_precision_is_bf16_on_cuda_and_amx_cpus_and_fp32_elsewhere(monkeypatch: pytest.MonkeyPatch) -> None:
-    import pretune.train.trainer as trainer
+def test_demo_precision_is_the_librarys_rule(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The demo trains in whatever ``--precision`` resolves to by the library's one rule."""
+    import pretune.precision as precision
     from pretune.demo import demo_precision
 
-    monkeypatch.setattr(trainer.torch.cuda, "is_available", lambda: False)
-    monkeypatch.setattr(trainer, "cpu_has_amx", lambda: True)
-    assert demo_precision(DemoSettings()) == "bf16"
-    assert demo_precision(DemoSettings(precision="fp32")) == "fp32"
-    monkeypatch.setattr(trainer, "cpu_has_amx", lambda: False)
-    assert demo_precision(DemoSettings()) == "fp32"
-    assert demo_precision(DemoSettings(precision="bf16")) == "bf16"
-    # the library's own auto keeps fp32 on every CPU, AMX or not
-    monkeypatch.setattr(trainer, "cpu_has_amx", lambda: True)
-    assert trainer.resolve_precision("auto", torch.device("cpu")) == "fp32"
-    monkeypatch.setattr(trainer.torch.cuda, "is_available", lambda: True)
-    assert demo_precision(DemoSettings()) == "bf16"  # CUDA
-    assert demo_precision(DemoSettings(precision="fp32", device="cuda")) == "fp32"
-    assert trainer.resolve_precision("auto", torch.device("cuda")) == "bf16"
+    asked = []
+
+    def rule(name: str, device: torch.device) -> str:
+        asked.append((name, device.type))
+        return {"auto": "bf16"}.get(name, name)
+
+    monkeypatch.setattr(precision, "resolve_precision", rule)
+    assert demo_precision(DemoSettings(device="cpu")) == "bf16"
+    assert demo_precision(DemoSettings(device="cpu", precision="fp32")) == "fp32"
+    assert asked == [("auto", "cpu"), ("fp32", "cpu")]
 
 
 def test_both_twins_fine_tune_with_identical_settings_and_keep_the_best_lr_on_validation(

@@ -15,13 +15,14 @@ import torch.nn.functional as F
 from pretune import cli
 from pretune.checkpoint import load_model, save_model
 from pretune.config import preset
-from pretune.data.transforms import Collator, build_features
+from pretune.data.batching import Collator
 from pretune.errors import PretuneError
+from pretune.inference import evaluate, load_finetuned, predict
 from pretune.models import build_model
-from pretune.models.gpt import lm_loss
-from pretune.models.heads import attach_head, head_parameter_prefixes, task_forward
+from pretune.tasks import TaskModel, TaskSpec, get_family, new_parameter_prefixes
+from pretune.tasks.classification import TextExample
 from pretune.tokenizer import train_tokenizer
-from pretune.train.finetune import FinetuneRun, FinetuneSettings, evaluate, finetune, predict
+from pretune.train.finetune import FinetuneRun, FinetuneSettings, finetune
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 FILLER = "the cat sat on a mat dog ran far away is big small red blue green why who".split()
@@ -195,12 +196,19 @@ def _tiny(family: str, vocab: int = 50):
     return model
 
 
+def attach(model, family: str, labels: list[str] | None = None, lm_coef: float = 0.0) -> TaskModel:
+    """The model with a task head, as fine-tuning builds it (eval mode: no dropout)."""
+    fam = get_family(family)
+    spec = TaskSpec(recipe=family, family=family, metric_names=[fam.metric_names[0]], main_metric=fam.metric_names[0],
+                    labels=labels, lm_coef=lm_coef)
+    return TaskModel(model, spec, fam).eval()
+
+
 def test_gpt_similarity_adds_both_orderings_before_the_linear() -> None:
-    model = _tiny("gpt")
-    attach_head(model, {"family": "regression", "lm_coef": 0.0}).eval()
+    model = attach(_tiny("gpt"), "regression")
     ab, ba = [1, 5, 6, 2, 7, 3], [1, 7, 2, 5, 6, 3]
     batch = Collator(0, extract=True)([{"input_ids": [ab, ba], "label": 1.0}])
-    out = task_forward(model, batch)
+    out = model(**batch)
     with torch.no_grad():
         h1 = model.body(torch.tensor([ab]))[0][0, -1]
         h2 = model.body(torch.tensor([ba]))[0][0, -1]
@@ -210,10 +218,9 @@ def test_gpt_similarity_adds_both_orderings_before_the_linear() -> None:
 
 
 def test_gpt_extract_state_gathered_with_padding() -> None:
-    model = _tiny("gpt")
-    attach_head(model, {"family": "classification", "labels": ["a", "b", "c"], "lm_coef": 0.0}).eval()
+    model = attach(_tiny("gpt"), "classification", ["a", "b", "c"])
     batch = Collator(0, extract=True)([{"input_ids": [1, 5, 3], "label": 0}, {"input_ids": [1, 5, 6, 7, 3], "label": 2}])
-    out = task_forward(model, batch)
+    out = model(**batch)
     with torch.no_grad():
         alone = model.head.out(model.body(torch.tensor([[1, 5, 3]]))[0][0, -1])
     assert torch.allclose(out.logits[0], alone, atol=1e-5)
@@ -221,14 +228,13 @@ def test_gpt_extract_state_gathered_with_padding() -> None:
 
 @pytest.mark.parametrize("family", ["bert", "gpt"])
 def test_multiple_choice_scores_each_sequence_softmax_across_choices(family: str) -> None:
-    model = _tiny(family)
-    attach_head(model, {"family": "multiple-choice", "lm_coef": 0.0}).eval()
+    model = attach(_tiny(family), "multiple-choice")
     seqs = [[2, 5, 6, 3, 8, 3], [2, 5, 6, 3, 9, 9, 3], [2, 5, 6, 3, 10, 3]]
     feat = {"input_ids": seqs, "label": 2}
     if family == "bert":
         feat["token_type_ids"] = [[0, 0, 0, 0, 1, 1], [0, 0, 0, 0, 1, 1, 1], [0, 0, 0, 0, 1, 1]]
     batch = Collator(0, extract=family == "gpt")([feat])
-    out = task_forward(model, batch)
+    out = model(**batch)
     assert out.logits.shape == (1, 3)
     with torch.no_grad():
         scores = []
@@ -246,56 +252,65 @@ def test_multiple_choice_scores_each_sequence_softmax_across_choices(family: str
 
 
 @pytest.mark.parametrize("coef", [0.0, 0.5, 2.0])
-def test_aux_lm_loss_is_added_iff_lm_coef(coef: float) -> None:
-    model = _tiny("gpt")
-    attach_head(model, {"family": "classification", "labels": ["a", "b"], "lm_coef": coef}).eval()
-    batch = Collator(0, extract=True)([{"input_ids": [1, 5, 6, 3], "label": 1}, {"input_ids": [1, 7, 3], "label": 0}])
-    out = task_forward(model, batch)
+def test_aux_lm_loss_is_added_iff_lm_coef_and_averaged_per_sequence(coef: float) -> None:
+    backbone = _tiny("gpt")
+    model = attach(backbone, "classification", ["a", "b"], lm_coef=coef)
+    # sequences of different lengths: a per-token mean and a mean of per-sequence means differ
+    batch = Collator(0, extract=True)([{"input_ids": [1, 5, 6, 9, 8, 3], "label": 1}, {"input_ids": [1, 7, 3], "label": 0}])
+    out = model(**batch)
     with torch.no_grad():
-        hidden = model.body(batch["input_ids"], batch["padding_mask"])[0]
-        rep = hidden[torch.arange(2), torch.tensor([3, 2])]
+        hidden = backbone.body(batch["input_ids"], batch["padding_mask"])[0]
+        rep = hidden[torch.arange(2), torch.tensor([5, 2])]
         l2 = F.cross_entropy(model.head.out(rep), torch.tensor([1, 0]))
-        # L1 by hand: next-token log-likelihood over the real tokens of both sequences
-        logp = model.lm_logits(hidden).log_softmax(-1)
-        terms = [logp[0, t, [5, 6, 3][t]] for t in range(3)] + [logp[1, t, [7, 3][t]] for t in range(2)]
-        l1 = -torch.stack(terms).mean()
+        # L1 by hand, as openai/finetune-transformer-lm: each sequence's mean next-token loss over its
+        # real tokens, then the mean over the two sequences
+        logp = backbone.lm_logits(hidden).log_softmax(-1)
+        seq0 = -torch.stack([logp[0, t, [5, 6, 9, 8, 3][t]] for t in range(5)]).mean()
+        seq1 = -torch.stack([logp[1, t, [7, 3][t]] for t in range(2)]).mean()
+        l1 = (seq0 + seq1) / 2
+        token_mean = -torch.stack([logp[0, t, [5, 6, 9, 8, 3][t]] for t in range(5)] + [logp[1, t, [7, 3][t]] for t in range(2)]).mean()
+    assert not torch.allclose(l1, token_mean, atol=1e-4)  # the two averages really differ here
     assert torch.allclose(out.metrics["task_loss"], l2, atol=1e-5)
     assert torch.allclose(out.loss, l2 + coef * l1, atol=1e-5)
     assert ("lm_loss" in out.metrics) == (coef > 0)
     if coef:
-        assert torch.allclose(out.metrics["lm_loss"], lm_loss(model.lm_logits(hidden), torch.tensor([[1, 5, 6, 3], [1, 7, 3, -100]]))[0], atol=1e-5)
-    # training steps take the fused output layer + loss, evaluation the logits: the same value
+        assert torch.allclose(out.metrics["lm_loss"], l1, atol=1e-5)
+    # evaluation takes the logits, training steps the fused output layer + loss: the same value and gradients
     with torch.no_grad():
-        assert torch.allclose(task_forward(model, batch).loss, out.loss, atol=1e-5)
+        assert torch.allclose(model(**batch).loss, out.loss, atol=1e-5)
 
 
 def test_bert_ignores_lm_coef_and_uses_pooled_cls() -> None:
-    model = _tiny("bert")
-    head = attach_head(model, {"family": "classification", "labels": ["a", "b"], "lm_coef": 0.5})
-    head.eval()
-    assert head.lm_coef == 0.0
+    backbone = _tiny("bert")
+    model = attach(backbone, "classification", ["a", "b"], lm_coef=0.5)
+    assert model.lm_coef == 0.0
     batch = Collator(0)([{"input_ids": [2, 5, 6, 3], "token_type_ids": [0, 0, 0, 0], "label": 1}])
-    out = task_forward(model, batch)
+    out = model(**batch)
     with torch.no_grad():
-        manual = head.out(model.pooler(model.body(batch["input_ids"], None, batch["token_type_ids"])[0]))
+        manual = model.head.out(backbone.pooler(backbone.body(batch["input_ids"], None, batch["token_type_ids"])[0]))
     assert torch.allclose(out.logits, manual, atol=1e-5)
     assert set(out.metrics) == {"task_loss"}
 
 
 def test_qa_head_gives_start_end_logits_per_token() -> None:
-    model = _tiny("bert")
-    attach_head(model, {"family": "qa"}).eval()
-    batch = Collator(0)([{"input_ids": [2, 5, 3, 6, 7, 3], "token_type_ids": [0, 0, 0, 1, 1, 1],
-                          "start_positions": 3, "end_positions": 4}])
-    out = task_forward(model, batch)
-    assert out.logits.shape == (1, 6, 2)
-    expected = (F.cross_entropy(out.logits[..., 0], torch.tensor([3])) + F.cross_entropy(out.logits[..., 1], torch.tensor([4]))) / 2
-    assert torch.allclose(out.loss, expected, atol=1e-5)
+    backbone = _tiny("bert")
+    model = attach(backbone, "qa")
+    feats = [{"input_ids": [2, 5, 3, 6, 7, 3], "token_type_ids": [0, 0, 0, 1, 1, 1], "start_positions": 3, "end_positions": 4},
+             {"input_ids": [2, 5, 3, 8, 3], "token_type_ids": [0, 0, 0, 1, 1], "start_positions": 3, "end_positions": 3}]
+    batch = Collator(0)(feats)
+    out = model(**batch)
+    with torch.no_grad():  # by hand: the head on every token's state; padding can never be a span end
+        manual = model.head.out(backbone.body(batch["input_ids"], batch["padding_mask"], batch["token_type_ids"])[0])
+        manual[1, 5] = -1e4
+    assert torch.allclose(out.logits, manual, atol=1e-5)
+    start = F.cross_entropy(manual[..., 0], torch.tensor([3, 3]))
+    end = F.cross_entropy(manual[..., 1], torch.tensor([4, 3]))
+    assert torch.allclose(out.loss, (start + end) / 2, atol=1e-5)
 
 
 def test_gpt_with_qa_is_a_clear_error() -> None:
     with pytest.raises(PretuneError, match="span QA is BERT-only"):
-        attach_head(_tiny("gpt"), {"family": "qa"})
+        attach(_tiny("gpt"), "qa")
 
 
 # --------------------------------------------------------------------------------------------
@@ -341,8 +356,8 @@ def test_layer_decay_scales_body_learning_rates(work: Path, pretrained: Path, tm
 
 
 def test_missing_pooler_counts_as_a_new_layer() -> None:
-    assert head_parameter_prefixes(["mlm.bias"]) == ("head.",)
-    assert head_parameter_prefixes(["pooler.dense.weight", "pooler.dense.bias"]) == ("head.", "pooler.")
+    assert new_parameter_prefixes(["mlm.bias"]) == ("head.",)
+    assert new_parameter_prefixes(["pooler.dense.weight", "pooler.dense.bias"]) == ("head.", "pooler.")
 
 
 def test_freeze_layers(work: Path, pretrained: Path, tmp_path: Path) -> None:
@@ -646,11 +661,6 @@ def test_error_evaluate_a_model_that_was_not_fine_tuned(pretrained: Path, work: 
 
 def test_features_unaffected_by_label_free_predict_files(work: Path, tuned: tuple[Path, dict]) -> None:
     out, _ = tuned
-    from pretune.train.finetune import load_finetuned
-
-    model, tok, task = load_finetuned(out, "cpu")
-    from pretune.data.tasks import TextExample
-
-    fs = build_features([TextExample("the cat", "a dog", None, "x:1")], family="classification", model_family="bert",
-                        tokenizer=tok, max_seq_len=32, labels=task["labels"])
+    ft = load_finetuned(out, "cpu", max_seq_len=32)
+    fs = get_family("classification").features([TextExample("the cat", "a dog", None, "x:1")], ft.spec, ft.tokenizer, "bert")
     assert "label" not in fs.features[0]

@@ -7,8 +7,8 @@ import itertools
 import pytest
 import torch
 
+from pretune.data.batching import FinetuneBatches
 from pretune.data.prefetch import Prefetcher
-from pretune.data.transforms import FinetuneBatches
 
 
 def _batches(epochs: int | None = None) -> FinetuneBatches:

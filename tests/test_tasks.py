@@ -8,21 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from pretune.data.tasks import (
-    RECIPES,
-    ChoiceExample,
-    QAExample,
-    TextExample,
-    build_label_map,
-    encode_labels,
-    get_recipe,
-    read_conll,
-    read_squad,
-    read_table,
-    split_examples,
-    split_squad_by_article,
-)
 from pretune.errors import PretuneError
+from pretune.tasks import RECIPES, get_recipe
+from pretune.tasks.base import split_examples
+from pretune.tasks.choice import ChoiceExample, read_choices
+from pretune.tasks.classification import TextExample, build_label_map, class_ids, read_table
+from pretune.tasks.qa import QAExample, read_squad, split_squad_by_article
+from pretune.tasks.tagging import read_conll
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -68,7 +60,7 @@ REAL = [
 
 @pytest.mark.parametrize("recipe,rel,rows,first", REAL, ids=[r[1] for r in REAL])
 def test_real_table_recipes(recipe, rel, rows, first):
-    examples = get_recipe(recipe).reader(_data(rel))
+    examples = get_recipe(recipe).read(_data(rel))
     assert len(examples) == rows
     e = examples[0]
     assert isinstance(e, TextExample) and e.text
@@ -82,12 +74,12 @@ def test_real_table_recipes(recipe, rel, rows, first):
         assert all(isinstance(x.label, float) and 0.0 <= x.label <= 5.0 for x in examples)
         assert e.text_pair
     else:
-        assert build_label_map(examples) == r.label_names
+        assert build_label_map(examples) == list(r.label_names)
         assert (e.text_pair is not None) == (recipe in ("kornli", "mrpc"))
 
 
 def test_real_mrpc_keeps_quotes():
-    e = get_recipe("mrpc").reader(_data("glue/MRPC/msr_paraphrase_train.txt"))[0]
+    e = get_recipe("mrpc").read(_data("glue/MRPC/msr_paraphrase_train.txt"))[0]
     assert e.text.startswith('Amrozi accused his brother, whom he called "the witness"')
 
 
@@ -97,13 +89,13 @@ def test_real_stsb_rows_with_extra_trailing_columns():
         i for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1) if line.count("\t") > 6
     ]
     assert wide, "expected STS-B rows with extra trailing columns"
-    examples = get_recipe("stsb").reader(path)
+    examples = get_recipe("stsb").read(path)
     by_line = {int(e.source.rsplit(":", 1)[1]): e for e in examples}
     assert "http" not in by_line[wide[0]].text_pair  # the extra columns are sources, not sentences
 
 
 def test_real_storycloze():
-    examples = get_recipe("storycloze").reader(_data("storycloze/cloze_test_val__spring2016.csv"))
+    examples = get_recipe("storycloze").read(_data("storycloze/cloze_test_val__spring2016.csv"))
     assert len(examples) == 1_871
     e = examples[0]
     assert isinstance(e, ChoiceExample)
@@ -125,7 +117,7 @@ def test_real_korquad_and_article_split():
     assert isinstance(e, QAExample) and e.id == "6548850-0-0" and e.title == "임종석"
     assert e.answers == [("1989년 2월 15일", 0)]
     assert len({x.title for x in examples}) == 140  # 964 paragraphs; 4 repeat a paragraph of the same article
-    train, dev = split_squad_by_article(path, 0.1, seed=0)
+    train, dev = split_squad_by_article(read_squad(path), 0.1, seed=0)
     assert len(train) + len(dev) == 5_774
     assert not {x.title for x in train} & {x.title for x in dev}
     assert 0.1 <= len(dev) / 5_774 < 0.2
@@ -167,11 +159,11 @@ def test_jsonl_and_bom(tmp_path):
 def test_regression_and_multiple_choice(tmp_path):
     path = _write(tmp_path, "r.tsv", "s1\ts2\tscore\na\tb\t3.5\n")
     assert (
-        read_table(path, text_col="s1", text_pair_col="s2", label_col="score", family="regression")[0].label
+        read_table(path, text_col="s1", text_pair_col="s2", label_col="score", regression=True)[0].label
         == 3.5
     )
     mc = _write(tmp_path, "m.csv", "c1,c2,e1,e2,e3,ans\nOne.,Two.,x,y,z,3\n")
-    e = read_table(mc, family="multiple-choice", context_col=["c1", "c2"], choice_cols=["e1", "e2", "e3"],
+    e = read_choices(mc, context_col=["c1", "c2"], choice_cols=["e1", "e2", "e3"],
                    label_col="ans", choice_label_base=1)[0]  # fmt: skip
     assert e == ChoiceExample("One. Two.", ["x", "y", "z"], 2, f"{mc}:2")
 
@@ -213,14 +205,14 @@ def test_error_ragged_rows(tmp_path):
 def test_error_non_numeric_regression_label(tmp_path):
     path = _write(tmp_path, "reg.tsv", "text\tscore\na\t1.0\nb\thigh\n")
     with pytest.raises(PretuneError, match=r"reg.tsv:3: regression label 'high' is not a number"):
-        read_table(path, text_col="text", label_col="score", family="regression")
+        read_table(path, text_col="text", label_col="score", regression=True)
     nan = _write(tmp_path, "nan.tsv", "text\tscore\na\tnan\n")
     with pytest.raises(PretuneError, match=r"nan.tsv:2"):
-        read_table(nan, text_col="text", label_col="score", family="regression")
+        read_table(nan, text_col="text", label_col="score", regression=True)
 
 
 def test_error_other_table_mistakes(tmp_path):
-    with pytest.raises(PretuneError, match=r"bad.json: cannot tell the delimiter.*set delimiter"):
+    with pytest.raises(PretuneError, match=r"bad.json: cannot tell the delimiter.*use .tsv, .csv or .jsonl"):
         read_table(_write(tmp_path, "bad.json", "{}"), text_col="text")
     with pytest.raises(PretuneError, match=r"j.jsonl:2: not valid JSON"):
         read_table(_write(tmp_path, "j.jsonl", '{"text": "a"}\n{oops\n'), text_col="text")
@@ -230,10 +222,10 @@ def test_error_other_table_mistakes(tmp_path):
         read_table(latin, text_col="text")
     mc = _write(tmp_path, "mc.csv", "c,e1,e2,ans\nctx,x,y,3\n")
     with pytest.raises(PretuneError, match=r"mc.csv:2: label '3' is not a choice number 1..2"):
-        read_table(mc, family="multiple-choice", context_col="c", choice_cols=["e1", "e2"], label_col="ans",
+        read_choices(mc, context_col="c", choice_cols=["e1", "e2"], label_col="ans",
                    choice_label_base=1)  # fmt: skip
-    with pytest.raises(PretuneError, match="choice_cols"):
-        read_table(mc, family="multiple-choice", context_col="c")
+    with pytest.raises(PretuneError, match="multiple-choice needs --choice-cols"):
+        read_choices(mc, context_col="c")
     with pytest.raises(PretuneError, match=r"el.tsv:3: empty label"):
         read_table(_write(tmp_path, "el.tsv", "t\tl\na\tx\nb\t \n"), text_col="t", label_col="l")
 
@@ -254,12 +246,12 @@ def test_build_label_map_sorts_numbers_numerically():
 def test_encode_labels_and_unseen_label(tmp_path):
     train = read_table(_write(tmp_path, "train.tsv", "t\tl\na\tpos\nb\tneg\n"), text_col="t", label_col="l")
     labels = build_label_map(train)
-    assert labels == ["neg", "pos"] and encode_labels(train, labels) == [1, 0]
+    assert labels == ["neg", "pos"] and class_ids(train, labels) == [1, 0]
     dev = read_table(_write(tmp_path, "dev.tsv", "t\tl\na\tpos\nb\tmixed\n"), text_col="t", label_col="l")
     with pytest.raises(
-        PretuneError, match=r"label 'mixed' at .*dev.tsv:3 was not in the training labels \['neg', 'pos'\]"
+        PretuneError, match=r"dev.tsv:3: label 'mixed' was never seen in the training data \(training labels: \['neg', 'pos'\]\)"
     ):
-        encode_labels(dev, labels)
+        class_ids(dev, labels)
 
 
 # --------------------------------------------------------------------------------------------
@@ -304,7 +296,7 @@ def test_split_by_article_has_no_shared_titles():
     assert len(dev) == 9 and len(train) == 21
     assert not {e.title for e in train} & {e.title for e in dev}
     assert split_squad_by_article(ex, 0.3, seed=8) != (train, dev)
-    with pytest.raises(PretuneError, match="dev_fraction=1.5"):
+    with pytest.raises(PretuneError, match="--validation-split 1.5 must be between 0 and 1"):
         split_squad_by_article(ex, 1.5)
 
 
@@ -347,10 +339,10 @@ def test_get_recipe_errors_and_overrides(tmp_path):
         get_recipe("classification", colour="red")
     path = _write(tmp_path, "mine.csv", "review,stars\nfine,5\n")
     recipe = get_recipe("classification", text_col="review", label_col="stars")
-    assert recipe.reader(path)[0].label == "5"
-    assert RECIPES["classification"].reader.keywords["text_col"] == "text"  # the registry is untouched
+    assert recipe.read(path)[0].label == "5"
+    assert RECIPES["classification"].options["text_col"] == "text"  # the registry is untouched
     conll = _write(tmp_path, "t.conll", "a\tX\tB-PER\n")
-    assert get_recipe("tagging", tag_col=1).reader(conll)[0].tags == ["X"]
+    assert get_recipe("tagging", tag_col=1).read(conll)[0].tags == ["X"]
 
 
 def test_split_examples_deterministic():
@@ -358,7 +350,7 @@ def test_split_examples_deterministic():
     a, b = split_examples(items, 0.25, seed=3)
     assert len(b) == 5 and sorted(a + b) == items and a == sorted(a)
     assert split_examples(items, 0.25, seed=3) == (a, b)
-    with pytest.raises(PretuneError, match="fraction=0"):
+    with pytest.raises(PretuneError, match="--validation-split 0 must be between 0 and 1"):
         split_examples(items, 0)
 
 

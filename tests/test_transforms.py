@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import warnings
 from pathlib import Path
@@ -9,25 +10,68 @@ from pathlib import Path
 import pytest
 import torch
 
-from pretune.data.tasks import ChoiceExample, QAExample, TaggingExample, TextExample
-from pretune.data.transforms import (
-    IGNORE,
-    Collator,
-    FinetuneBatches,
-    bert_classification,
-    bert_multiple_choice,
-    bert_qa,
-    bert_tagging,
-    build_features,
-    gpt_classification,
-    gpt_entailment,
-    gpt_multiple_choice,
-    gpt_similarity,
-    gpt_tagging,
-    truncate_pair,
-)
+from pretune.data.batching import Collator, FinetuneBatches
 from pretune.errors import PretuneError
+from pretune.tasks import TaskSpec, get_family
+from pretune.tasks.base import IGNORE, truncate_pair
+from pretune.tasks.choice import ChoiceExample, choice_features
+from pretune.tasks.classification import TextExample, bert_features, gpt_features
+from pretune.tasks.qa import QAExample, qa_features
+from pretune.tasks.tagging import TaggingExample, tagging_features
 from pretune.tokenizer import train_tokenizer
+
+# The layouts by name, as the papers describe them (each family module builds them).
+
+
+def gpt_classification(tok, examples, max_seq_len, targets, no_truncate=False):
+    return gpt_features(tok, examples, targets, max_seq_len, "entailment", no_truncate)
+
+
+def gpt_entailment(tok, examples, max_seq_len, targets, no_truncate=False):
+    return gpt_features(tok, examples, targets, max_seq_len, "entailment", no_truncate)
+
+
+def gpt_similarity(tok, examples, max_seq_len, targets, no_truncate=False):
+    return gpt_features(tok, examples, targets, max_seq_len, "similarity", no_truncate)
+
+
+def _with_targets(examples, targets):
+    return [dataclasses.replace(e, label=t) for e, t in zip(examples, targets)]
+
+
+def gpt_multiple_choice(tok, examples, max_seq_len, targets, no_truncate=False):
+    return choice_features(tok, _with_targets(examples, targets), max_seq_len, no_truncate,
+                           [tok.start_id], [tok.delim_id], [tok.extract_id], segments=False)
+
+
+def bert_multiple_choice(tok, examples, max_seq_len, targets, no_truncate=False):
+    return choice_features(tok, _with_targets(examples, targets), max_seq_len, no_truncate,
+                           [tok.cls_id], [tok.sep_id], [tok.sep_id], segments=True)
+
+
+def bert_classification(tok, examples, max_seq_len, targets, no_truncate=False):
+    return bert_features(tok, examples, targets, max_seq_len, no_truncate)
+
+
+def gpt_tagging(tok, examples, max_seq_len, labels, no_truncate=False):
+    return tagging_features(tok, examples, max_seq_len, labels, no_truncate, "gpt")
+
+
+def bert_tagging(tok, examples, max_seq_len, labels, no_truncate=False):
+    return tagging_features(tok, examples, max_seq_len, labels, no_truncate, "bert")
+
+
+bert_qa = qa_features
+
+
+def build_features(examples, *, family, model_family, tokenizer, max_seq_len, labels=None, pair_mode="entailment",
+                   no_truncate=False, doc_stride=128, max_query_len=64, train=False):
+    fam = get_family(family)
+    spec = TaskSpec(recipe=family, family=family, metric_names=list(fam.metric_names[:1]),
+                    main_metric=fam.metric_names[0], labels=labels, max_seq_len=max_seq_len, pair_mode=pair_mode,
+                    doc_stride=doc_stride, max_query_len=max_query_len)
+    return fam.features(examples, spec, tokenizer, model_family, train=train, no_truncate=no_truncate)
+
 
 WORDS = "the cat sat on a mat dog ran far away paris london is big small red blue green why who".split()
 

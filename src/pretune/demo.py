@@ -100,9 +100,10 @@ class DemoSettings:
 def demo_precision(s: DemoSettings) -> str:
     """The precision the demo trains in: ``s.precision``, with auto resolved for this machine
     (bf16 on CUDA and on a CPU with AMX, else fp32)."""
-    from pretune.train.trainer import resolve_device, resolve_precision
+    from pretune.precision import resolve_precision
+    from pretune.train.distributed import resolve_device
 
-    return resolve_precision(s.precision, resolve_device(s.device), bf16_on_amx_cpu=True)
+    return resolve_precision(s.precision, resolve_device(s.device))
 
 
 def epochs_for(labels: int) -> float:

@@ -28,8 +28,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     args = apply_run_config(args, args._parser)
+    from pretune.inference import evaluate
     from pretune.io import write_json
-    from pretune.train.finetune import evaluate
 
     for flag in ("model", "data"):
         if not getattr(args, flag):

@@ -27,7 +27,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     args = apply_run_config(args, args._parser)
-    from pretune.train.finetune import predict
+    from pretune.inference import predict
 
     for flag in ("model", "data", "out"):
         if not getattr(args, flag):

@@ -1,9 +1,10 @@
-"""GPT and BERT on one transformer core (``core.py``); task heads in ``heads.py``."""
+"""GPT and BERT on one transformer core (``core.py``); the fused output layer + loss in ``fused_ce.py``.
+
+The model layer is plain modules: no objectives beyond the pretraining heads, no training
+wrappers, no task heads (those are in ``pretune/tasks/``).
+"""
 
 from __future__ import annotations
-
-import torch
-from torch import nn
 
 from pretune.config import ModelConfig
 from pretune.models.bert import BERT
@@ -15,25 +16,4 @@ def build_model(cfg: ModelConfig) -> BERT | GPT:
     return BERT(cfg) if cfg.family == "bert" else GPT(cfg)
 
 
-def resize_vocab(model: BERT | GPT, new_size: int) -> None:
-    """Grow (or shrink) the token embedding, e.g. after adding GPT-1's start/delim/extract tokens.
-
-    Existing rows are kept; new rows are initialised like the rest of the model.
-    """
-    old = model.body.embeddings.tok
-    if new_size == old.num_embeddings:
-        return
-    new = nn.Embedding(new_size, old.embedding_dim, device=old.weight.device, dtype=old.weight.dtype)
-    nn.init.normal_(new.weight, std=model.cfg.initializer_range)
-    keep = min(new_size, old.num_embeddings)
-    with torch.no_grad():
-        new.weight[:keep] = old.weight[:keep]
-    model.body.embeddings.tok = new
-    if isinstance(model, BERT):
-        bias = torch.zeros(new_size, device=old.weight.device, dtype=model.mlm.bias.dtype)
-        bias[:keep] = model.mlm.bias.detach()[:keep]
-        model.mlm.bias = nn.Parameter(bias)
-    model.cfg.vocab_size = new_size
-
-
-__all__ = ["BERT", "GPT", "build_model", "resize_vocab"]
+__all__ = ["BERT", "GPT", "build_model"]

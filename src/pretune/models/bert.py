@@ -14,7 +14,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pretune.config import ModelConfig
-from pretune.models.core import Transformer, activation, gather_rows, init_weights, linear_cross_entropy
+from pretune.models.core import Transformer, activation, gather_rows, init_weights
+from pretune.models.fused_ce import linear_cross_entropy
 
 
 class Pooler(nn.Module):
@@ -50,12 +51,33 @@ class MLMHead(nn.Module):
     def forward(self, hidden: Tensor, embedding: Tensor) -> Tensor:
         return F.linear(self.transform(hidden), embedding, self.bias)
 
+    def loss(
+        self, hidden: Tensor, embedding: Tensor, targets: Tensor, return_logits: bool
+    ) -> tuple[Tensor, Tensor | None, dict[str, Tensor]]:
+        """Mean cross-entropy at the predicted rows ``hidden`` (n, h) for ``targets`` (n,; -100 =
+        nothing to predict), the logits (only with ``return_logits``) and summed counts.
+
+        Without logits the loss comes from :func:`linear_cross_entropy`: the same value without
+        the ``(n, vocab)`` logits."""
+        if return_logits:
+            logits = self(hidden, embedding)
+            total = F.cross_entropy(logits.float(), targets, ignore_index=-100, reduction="sum")
+            correct = ((logits.argmax(-1) == targets) & (targets != -100)).sum()
+            count = (targets != -100).sum()
+        else:
+            logits = None
+            total, count, correct = linear_cross_entropy(
+                self.transform(hidden), embedding, targets, self.bias, with_correct=True
+            )
+        metrics = {"mlm_loss_sum": total.detach(), "mlm_tokens": count, "mlm_correct": correct}
+        return total / count.clamp(min=1), logits, metrics
+
 
 @dataclass
 class BertOutput:
     loss: Tensor | None  # mlm_loss + nsp_loss (those given labels)
     hidden: Tensor  # final hidden states (b, t, h)
-    pooled: Tensor  # pooler output (b, h)
+    pooled: Tensor | None  # pooler output (b, h); None when the model has no pooler
     mlm_logits: Tensor | None = None  # (n_masked, vocab) at the predicted positions only
     nsp_logits: Tensor | None = None  # (b, 2): 0 = B follows A, 1 = B is random
     mlm_loss: Tensor | None = None
@@ -76,7 +98,6 @@ class BERT(nn.Module):
         self.pooler = Pooler(cfg)
         self.mlm = MLMHead(cfg)
         self.nsp = nn.Linear(cfg.hidden, 2)
-        self.head: nn.Module | None = None  # a task head, attached by fine-tuning
         init_weights(self, cfg.initializer_range)
 
     @property
@@ -121,44 +142,31 @@ class BERT(nn.Module):
         sparse = mlm_labels is not None and mlm_positions is not None and not return_logits and not output_hidden_states
         rows = torch.cat([mlm_positions.new_zeros(mlm_positions.shape[0], 1), mlm_positions], 1) if sparse else None
         hidden, states = self.body(input_ids, padding_mask, token_type_ids, output_hidden_states, last_rows=rows)
-        pooled = self.pooler(hidden)
+        pooled = self.pooler(hidden) if self.pooler is not None else None
         out = BertOutput(None, hidden, pooled, hidden_states=states)
-        losses = []
         if mlm_labels is not None:
-            if sparse:
-                picked, targets = hidden[:, 1:].flatten(0, 1), mlm_labels.flatten()
-            elif mlm_positions is not None:
-                picked, targets = gather_rows(hidden, mlm_positions).flatten(0, 1), mlm_labels.flatten()
-            else:
-                selected = mlm_labels != -100
-                picked, targets = hidden[selected], mlm_labels[selected]
-            if return_logits:
-                logits = self.mlm_logits(picked)
-                total = F.cross_entropy(
-                    logits if logits.dtype == torch.float32 else logits.float(), targets,
-                    ignore_index=-100, reduction="sum",
-                )
-                count = (targets != -100).sum()
-                correct = ((logits.argmax(-1) == targets) & (targets != -100)).sum()
-                out.mlm_logits = logits
-            else:
-                total, count, correct = linear_cross_entropy(
-                    self.mlm.transform(picked), self.decoder_weight, targets, self.mlm.bias,
-                    with_correct=True,
-                )
-            out.mlm_loss = total / count.clamp(min=1)
-            losses.append(out.mlm_loss)
-            out.metrics.update(mlm_loss_sum=total.detach(), mlm_tokens=count, mlm_correct=correct)
+            picked, targets = _masked_rows(hidden, mlm_labels, mlm_positions, sparse)
+            out.mlm_loss, out.mlm_logits, metrics = self.mlm.loss(picked, self.decoder_weight, targets, return_logits)
+            out.metrics.update(metrics)
         if nsp_labels is not None:
             out.nsp_logits = self.nsp(pooled)
             out.nsp_loss = F.cross_entropy(out.nsp_logits.float(), nsp_labels)
-            losses.append(out.nsp_loss)
-            correct = (out.nsp_logits.argmax(-1) == nsp_labels).sum()
             out.metrics.update(
                 nsp_loss_sum=out.nsp_loss.detach() * nsp_labels.numel(),
-                nsp_correct=correct,
-                nsp_count=torch.tensor(nsp_labels.numel(), device=correct.device),
+                nsp_correct=(out.nsp_logits.argmax(-1) == nsp_labels).sum(),
+                nsp_count=torch.tensor(nsp_labels.numel(), device=input_ids.device),
             )
+        losses = [x for x in (out.mlm_loss, out.nsp_loss) if x is not None]
         if losses:
             out.loss = sum(losses[1:], losses[0])
         return out
+
+
+def _masked_rows(hidden: Tensor, labels: Tensor, positions: Tensor | None, sparse: bool) -> tuple[Tensor, Tensor]:
+    """The hidden states that predict a token and their targets, flattened to (n, h) and (n,)."""
+    if sparse:  # the last layer computed [CLS] and the prediction slots only
+        return hidden[:, 1:].flatten(0, 1), labels.flatten()
+    if positions is not None:
+        return gather_rows(hidden, positions).flatten(0, 1), labels.flatten()
+    selected = labels != -100
+    return hidden[selected], labels[selected]

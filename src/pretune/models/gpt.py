@@ -1,7 +1,7 @@
 """GPT (Radford et al., 2018): a causal transformer with a language-model head tied to the embedding.
 
 Pretraining maximises the likelihood of each token given the ones before it (L1 in the paper).
-Fine-tuning adds a task head on the hidden state of the ``extract`` token (see ``heads.py``) and
+Fine-tuning adds a task head on the hidden state of the ``extract`` token (``pretune/tasks/``) and
 keeps this LM loss as an auxiliary objective.
 """
 
@@ -14,7 +14,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pretune.config import ModelConfig
-from pretune.models.core import Transformer, init_weights, linear_cross_entropy
+from pretune.models.core import Transformer, init_weights
+from pretune.models.fused_ce import linear_cross_entropy
 
 
 @dataclass
@@ -37,7 +38,6 @@ class GPT(nn.Module):
         self.body = Transformer(cfg)
         if not cfg.tie_embeddings:
             self.lm_head = nn.Linear(cfg.hidden, cfg.vocab_size, bias=False)
-        self.head: nn.Module | None = None  # a task head, attached by fine-tuning
         init_weights(self, cfg.initializer_range)
 
     @property

@@ -19,14 +19,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from pretune.checkpoint import load_model, save_model
+from pretune.checkpoint import load_model, load_tokenizer, model_source, save_model
 from pretune.data.pretraining import BertInstanceConfig, BertPretrainingStream, GPTPretrainingStream
 from pretune.data.shards import PreparedCorpus, prepare_corpus
 from pretune.errors import PretuneError
 from pretune.io import write_json
 from pretune.report import plot_training
 from pretune.tokenizer import Tokenizer
-from pretune.train.trainer import TrainConfig, Trainer, init_distributed, seed_everything
+from pretune.train.distributed import init_distributed
+from pretune.train.trainer import TrainConfig, Trainer, seed_everything
 
 
 @dataclass
@@ -74,36 +75,21 @@ class PretrainSettings:
     override: dict[str, Any] = field(default_factory=dict)  # model config fields
 
 
-def _load_tokenizer(s: PretrainSettings) -> Tokenizer | None:
-    if s.tokenizer is None:
-        return None
-    path = Path(s.tokenizer)
-    if not path.exists():
-        raise PretuneError(f"--tokenizer {path}: no such directory (train one with `pretune tokenizer train`)")
-    return Tokenizer.load(path)
-
-
 def build(s: PretrainSettings) -> tuple[nn.Module, Tokenizer]:
     """The model to pretrain (fresh from a preset/config, or continued from a directory) and its tokenizer."""
-    tokenizer = _load_tokenizer(s)
-    spec = Path(s.model)
-    fresh = not spec.is_dir()
+    tokenizer = load_tokenizer(s.tokenizer)
+    source = model_source(s.model)
     overrides = dict(s.override)
-    if fresh:
+    if source.fresh:
         if tokenizer is None:
             raise PretuneError("--tokenizer is required when --model is a preset or config file")
         overrides.setdefault("vocab_size", tokenizer.vocab_size)
         overrides.setdefault("max_positions", max(s.seq_len, 128))
-    loaded = load_model(s.model, overrides=overrides, tokenizer=tokenizer if not fresh else None)
+    loaded = load_model(s.model, overrides=overrides, tokenizer=None if source.fresh else tokenizer)
     tokenizer = tokenizer or loaded.tokenizer
     if tokenizer is None:
         raise PretuneError(f"--model {s.model}: has no tokenizer files; pass --tokenizer DIR")
-    if not fresh and tokenizer.vocab_size != loaded.config.vocab_size:
-        raise PretuneError(
-            f"--tokenizer has {tokenizer.vocab_size} tokens but --model {s.model} has vocab_size "
-            f"{loaded.config.vocab_size}"
-        )
-    if fresh and tokenizer.vocab_size > loaded.config.vocab_size:
+    if tokenizer.vocab_size > loaded.config.vocab_size:
         raise PretuneError(
             f"the tokenizer has {tokenizer.vocab_size} tokens but the model's vocab_size is {loaded.config.vocab_size}"
         )
@@ -116,7 +102,11 @@ def build(s: PretrainSettings) -> tuple[nn.Module, Tokenizer]:
         raise PretuneError(
             f"--seq-len {s.seq_len} is longer than the model's max_positions ({loaded.config.max_positions})"
         )
-    return loaded.model, tokenizer
+    model = loaded.model
+    if family == "bert" and s.no_nsp:
+        # masked LM only: the pooler and the NSP head would get no gradient (and DDP would refuse them)
+        model.pooler, model.nsp = None, None
+    return model, tokenizer
 
 
 def _bert_eval(batches: list[dict[str, Any]], device: torch.device):
@@ -166,7 +156,7 @@ def pretrain(s: PretrainSettings) -> dict[str, Any]:
         skip_bad_lines=s.skip_bad_lines, workers=s.workers, progress=s.progress and d.main,
     )
     prep_s = time.perf_counter() - t0
-    if family == "bert" and not Path(s.model).is_dir():
+    if family == "bert" and model_source(s.model).fresh:
         init_output_bias(model, corpus, s.output_bias)
     if s.batch_size % d.world_size:
         raise PretuneError(f"--batch-size {s.batch_size} must be divisible by the number of processes ({d.world_size})")

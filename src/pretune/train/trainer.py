@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import random
 import shutil
 import time
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,6 +33,8 @@ from pretune.checkpoint import state_dict_for_saving
 from pretune.data.prefetch import Prefetcher
 from pretune.errors import PretuneError
 from pretune.io import atomic_dir
+from pretune.precision import autocast, resolve_precision
+from pretune.train.distributed import Dist, init_distributed, resolve_device, unwrap
 
 CHECKPOINTS = "checkpoints"
 METRICS = "metrics.jsonl"
@@ -77,65 +79,6 @@ class TrainConfig:
                 raise PretuneError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
         if self.lr <= 0:
             raise PretuneError(f"--lr must be positive, got {self.lr}")
-
-
-# --- distributed -------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Dist:
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-    @property
-    def enabled(self) -> bool:
-        return self.world_size > 1
-
-
-def init_distributed(device: str = "auto") -> Dist:
-    """Join the process group when started by ``torchrun`` (NCCL on GPUs, gloo on CPU)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return Dist()
-    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
-    if not dist.is_initialized():
-        use_cuda = torch.cuda.is_available() and device != "cpu"
-        if use_cuda:
-            torch.cuda.set_device(local)
-        dist.init_process_group("nccl" if use_cuda else "gloo")
-    return Dist(rank, world, local)
-
-
-def resolve_device(name: str, d: Dist = Dist()) -> torch.device:
-    if name == "auto":
-        return torch.device(f"cuda:{d.local_rank}" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise PretuneError(f"--device {name}: CUDA is not available on this machine; use --device cpu")
-    if name == "cuda" and d.enabled:
-        return torch.device(f"cuda:{d.local_rank}")
-    return torch.device(name)
-
-
-def cpu_has_amx() -> bool:
-    """Whether this CPU multiplies bf16 matrices in hardware (Intel AMX, Sapphire Rapids on)."""
-    check = getattr(torch.cpu, "_is_amx_tile_supported", None)
-    return bool(check and check())
-
-
-def resolve_precision(precision: str, device: torch.device, *, bf16_on_amx_cpu: bool = False) -> str:
-    """``fp32`` or ``bf16``. ``auto`` is bf16 on CUDA and fp32 on a CPU, or bf16 on a CPU with AMX
-    when ``bf16_on_amx_cpu`` (a bert-tiny step 1.23x faster there, docs/benchmarks.md row 11; the
-    library keeps fp32 on every CPU by default, the demo asks for AMX)."""
-    if precision != "auto":
-        return precision
-    if device.type == "cuda" or (bf16_on_amx_cpu and device.type == "cpu" and cpu_has_amx()):
-        return "bf16"
-    return "fp32"
 
 
 # --- optimizer and schedule ----------------------------------------------------------------------
@@ -251,11 +194,6 @@ def checkpoint_dirs(out_dir: Path) -> list[Path]:
     return sorted(found, key=lambda p: int(p.name.split("-")[1]))
 
 
-def _unwrap(model: nn.Module) -> nn.Module:
-    model = getattr(model, "_orig_mod", model)  # torch.compile
-    return getattr(model, "module", model)  # DDP
-
-
 class Trainer:
     """Runs ``max_steps`` optimizer steps of ``step_fn`` over ``train_batches``."""
 
@@ -265,7 +203,7 @@ class Trainer:
         cfg: TrainConfig,
         train_batches: Iterable[dict[str, Any]],
         *,
-        param_groups: list[dict[str, Any]] | None = None,
+        groups: list[dict[str, Any]] | None = None,
         step_fn: Callable[[nn.Module, dict[str, Any]], Any] | None = None,
         eval_fn: Callable[[nn.Module], dict[str, float]] | None = None,
         on_eval: Callable[[int, dict[str, float]], bool] | None = None,
@@ -282,14 +220,13 @@ class Trainer:
         self.step_fn = step_fn or (lambda m, b: m(**b))
         self.eval_fn = eval_fn
         self.on_eval = on_eval
-        self.groups = param_groups or globals()["param_groups"](model, cfg.lr, cfg.weight_decay)
+        self.groups = groups if groups is not None else param_groups(model, cfg.lr, cfg.weight_decay)
         self.optimizer = build_optimizer(self.groups, cfg, self.device)
         self._elapsed = 0.0  # seconds of training, the same on every rank; drives a time budget
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: lr_factor(s, cfg, self._time_fraction())
         )
-        use_bf16 = resolve_precision(cfg.precision, self.device) == "bf16"
-        self.autocast_dtype = torch.bfloat16 if use_bf16 else None
+        self.precision = resolve_precision(cfg.precision, self.device)
         self.step = 0
         self.history: list[dict[str, Any]] = []
         self._writer = None
@@ -325,7 +262,7 @@ class Trainer:
 
     @property
     def unwrapped(self) -> nn.Module:
-        return _unwrap(self.train_model)
+        return unwrap(self.train_model)
 
     # --- checkpointing ---------------------------------------------------------------------
 
@@ -439,9 +376,7 @@ class Trainer:
         return metrics
 
     def _autocast(self):
-        if self.autocast_dtype is None:
-            return torch.autocast(self.device.type, enabled=False)
-        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+        return autocast(self.device, self.precision)
 
     def _to_device(self, batch: dict[str, Any]) -> dict[str, Any]:
         non_blocking = self.device.type == "cuda"
@@ -495,7 +430,7 @@ class Trainer:
                 tokens += int(ids.numel()) if isinstance(ids, torch.Tensor) else 0
                 batch = self._to_device(batch)
                 sync = micro == cfg.grad_accum - 1 or not self.dist.enabled
-                ctx = model.no_sync() if (not sync and hasattr(model, "no_sync")) else _null()
+                ctx = model.no_sync() if (not sync and hasattr(model, "no_sync")) else nullcontext()
                 with ctx, self._autocast():
                     loss = self.step_fn(model, batch).loss
                 (loss / cfg.grad_accum).backward()
@@ -561,11 +496,3 @@ class Trainer:
         if self._writer:
             self._writer.close()
         return self.history
-
-
-class _null:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
