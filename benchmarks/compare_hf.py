@@ -193,7 +193,7 @@ def make_optimizer(model: torch.nn.Module, device: torch.device, kind: str = "fu
     if kind == "trainer":
         from pretune.train.trainer import TrainConfig, build_optimizer
 
-        cfg = TrainConfig(out_dir=Path("/tmp/unused"), max_steps=1, lr=LR, weight_decay=WEIGHT_DECAY)
+        cfg = TrainConfig.make(Path("/tmp/unused"), 1, lr=LR, weight_decay=WEIGHT_DECAY)
         return build_optimizer(param_groups_for(model), cfg, device)
     if kind != "fused":
         raise ValueError(f"--optimizer must be fused or trainer, got {kind!r}")

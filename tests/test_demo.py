@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from pretune.apps.demo import DemoSettings, run_demo
 from pretune.cli import main
-from pretune.demo import DemoSettings, run_demo
 from pretune.errors import PretuneError
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -86,7 +86,7 @@ def test_demo_names_the_download_command_when_data_is_missing(tmp_path: Path, ca
 def test_demo_precision_is_the_librarys_rule(monkeypatch: pytest.MonkeyPatch) -> None:
     """The demo trains in whatever ``--precision`` resolves to by the library's one rule."""
     import pretune.precision as precision
-    from pretune.demo import demo_precision
+    from pretune.apps.demo import demo_precision
 
     asked = []
 
@@ -106,7 +106,7 @@ def test_both_twins_fine_tune_with_identical_settings_and_keep_the_best_lr_on_va
     import dataclasses
 
     import pretune.train.finetune as ft
-    from pretune.demo import finetune_best_lr, finetune_stage
+    from pretune.apps.demo import finetune_best_lr, finetune_stage
 
     seen: list[ft.FinetuneSettings] = []
     # validation prefers the lower rate for the "pretrained" model and the higher one for "scratch";
@@ -117,7 +117,7 @@ def test_both_twins_fine_tune_with_identical_settings_and_keep_the_best_lr_on_va
         seen.append(settings)
         Path(settings.out).mkdir(parents=True)
         (Path(settings.out) / "model.safetensors").write_bytes(b"w")
-        v = val.get((settings.model, settings.lr), 0.5)
+        v = val.get((settings.model, settings.trainer.lr), 0.5)
         return {"validation": {"accuracy": v}, "test": {"accuracy": 1 - v}, "best_epoch": 1}
 
     monkeypatch.setattr(ft, "finetune", fake_finetune)
@@ -136,7 +136,7 @@ def test_both_twins_fine_tune_with_identical_settings_and_keep_the_best_lr_on_va
     for a, b in zip(runs[:2], runs[2:]):
         assert {k for k in a if a[k] != b[k]} == {"model", "out"}
         assert a["group_by_length"] is True and a["epochs"] == 10.0
-    assert [r["lr"] for r in runs] == [3e-4, 1e-3, 3e-4, 1e-3]
+    assert [r["trainer"]["lr"] for r in runs] == [3e-4, 1e-3, 3e-4, 1e-3]
     finetune_stage("gpt", None, splits, 2000, tmp_path / "c", s, 1e-3, transfer_layers=1)
     assert seen[-1].transfer_layers == 1 and seen[-1].tokenizer is None and runs[0]["transfer_layers"] is None
     with pytest.raises(PretuneError, match="finetune_lrs"):

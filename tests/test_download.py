@@ -320,13 +320,6 @@ def test_data_dir_resolution(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
 # --- the command line --------------------------------------------------------------------------
 
 
-@pytest.fixture
-def data_cli(monkeypatch: pytest.MonkeyPatch) -> None:
-    # Only the `data` verb: this file tests it, not the import of every other verb.
-    monkeypatch.setattr(cli, "COMMANDS", ["data"])
-
-
-@pytest.mark.usefixtures("data_cli")
 def test_cli_download_list_where(
     server: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:
@@ -348,7 +341,6 @@ def test_cli_download_list_where(
     assert captured.out == f"{root}\n" and "PRETUNE_DATA" in captured.err
 
 
-@pytest.mark.usefixtures("data_cli")
 def test_cli_errors_exit_2(
     server: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:

@@ -3,6 +3,7 @@ evaluate / predict, real data, and every bad input of the issue. Tiny models, CP
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import random
@@ -22,7 +23,8 @@ from pretune.models import build_model
 from pretune.tasks import TaskModel, TaskSpec, get_family, new_parameter_prefixes
 from pretune.tasks.classification import TextExample
 from pretune.tokenizer import train_tokenizer
-from pretune.train.finetune import FinetuneRun, FinetuneSettings, finetune
+from pretune.train.finetune import FinetuneRun, finetune
+from pretune.train.settings import Columns, FinetuneSettings, TrainSettings
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 FILLER = "the cat sat on a mat dog ran far away is big small red blue green why who".split()
@@ -149,6 +151,16 @@ EXT = {"mc": "jsonl", "qa": "json", "tag": "conll"}
 SMALL = {"hidden": 64, "n_heads": 2, "n_layers": 2, "max_positions": 64}  # from-scratch test models
 
 
+TRAINER_FIELDS = {f.name for f in dataclasses.fields(TrainSettings)}
+
+
+def make_settings(**kw) -> FinetuneSettings:
+    """FinetuneSettings from flat names: trainer settings (lr, seed, ...) and columns go where they belong."""
+    trainer = {k: kw.pop(k) for k in list(kw) if k in TRAINER_FIELDS}
+    columns = Columns(**{k: v for k, v in kw.pop("columns", {}).items()})
+    return FinetuneSettings(columns=columns, trainer=dataclasses.replace(FinetuneSettings().trainer, **trainer), **kw)
+
+
 def settings(work: Path, out: Path, kind: str, family: str, **kw) -> FinetuneSettings:
     task, stem, columns, _, _ = TASKS[kind]
     ext = EXT.get(stem, "tsv")
@@ -158,10 +170,10 @@ def settings(work: Path, out: Path, kind: str, family: str, **kw) -> FinetuneSet
         task=task, train=str(work / f"{stem}_train.{ext}"), validation=str(work / f"{stem}_dev.{ext}"),
         out=str(out), epochs=5, batch_size=16, lr=2e-3, warmup_ratio=0.05, max_seq_len=48,
         columns=dict(columns), progress=False, log_every=5, seed=0,
-        override=dict(SMALL) if "model" not in kw else {},  # shapes only for a preset
+        overrides=dict(SMALL) if "model" not in kw else {},  # shapes only for a preset
     )
     base.update(kw)
-    return FinetuneSettings(**base)
+    return make_settings(**base)
 
 
 # --------------------------------------------------------------------------------------------
@@ -465,7 +477,6 @@ def test_predict_writes_one_line_per_input(work: Path, tuned: tuple[Path, dict],
 
 
 def _cli(argv: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> tuple[int, str, str]:
-    monkeypatch.setattr(cli, "COMMANDS", ["finetune", "evaluate", "predict"])
     code = cli.main([str(a) for a in argv])
     captured = capsys.readouterr()
     return code, captured.out, captured.err
@@ -541,7 +552,7 @@ REAL = [
 def test_real_data_smoke(task: str, train: str, dev: str | None, extra: dict, tmp_path: Path) -> None:
     """Each named recipe reads its real file and runs end to end (a tiny BERT on MiniLM's vocabulary)."""
     vocab = _minilm()
-    s = FinetuneSettings(
+    s = make_settings(
         model="bert-tiny", tokenizer=str(vocab), task=task, train=str(_real(train)),
         validation=str(_real(dev)) if dev else None, validation_split=None if dev else 0.25,
         out=str(tmp_path / task), epochs=1, batch_size=32, lr=1e-3, limit=200 if task != "korquad" else 60,
@@ -557,7 +568,7 @@ def test_real_data_smoke(task: str, train: str, dev: str | None, extra: dict, tm
 
 def test_real_minilm_weights_mrpc_smoke(tmp_path: Path) -> None:
     """The real all-MiniLM-L6-v2 (a Hugging Face directory) fine-tunes and reloads."""
-    s = FinetuneSettings(
+    s = make_settings(
         model=str(_minilm()), task="mrpc", train=str(_real("glue/MRPC/msr_paraphrase_train.txt")),
         validation=str(_real("glue/MRPC/msr_paraphrase_test.txt")), out=str(tmp_path / "m"), epochs=1,
         batch_size=16, lr=5e-5, limit=96, max_seq_len=64, progress=False,

@@ -11,7 +11,7 @@ import torch
 from pretune.checkpoint import load_model, save_model
 from pretune.cli import main
 from pretune.config import PRESETS, ModelConfig, preset
-from pretune.embed import embed, token_vector
+from pretune.embed import embed, word_vector
 from pretune.errors import PretuneError
 from pretune.models import build_model
 
@@ -76,7 +76,7 @@ def test_embed_prints_one_json_line_per_text_with_every_token(minilm: Path, caps
 def test_same_word_gets_different_vectors_in_different_contexts(minilm: Path) -> None:
     loaded = load_model(minilm)
     river, money = embed(loaded.model, loaded.tokenizer, ["we sat on the bank of the river", "she deposited money at the bank"])
-    a, b = token_vector(river, "bank"), token_vector(money, "bank")
+    a, b = word_vector(river, "bank"), word_vector(money, "bank")
     cos = torch.nn.functional.cosine_similarity(a, b, dim=0).item()
     assert cos < 0.95  # contextual: not the same vector, unlike Word2Vec
     static = embed(loaded.model, loaded.tokenizer, ["bank", "bank"], layer=0)
@@ -115,7 +115,8 @@ def test_user_errors_are_one_line_with_exit_code_2(tmp_path: Path, capsys, minil
     err = _run_error(["embed", "--model", "bert-huge", "x"], capsys)
     assert "bert-tiny" in err and "gpt1" in err  # lists the valid presets
     (tmp_path / "bad.json").write_text(json.dumps({"family": "bert", "hidden": 100, "n_heads": 3}))
-    assert "divisible" in _run_error(["convert", "--to-hf", str(tmp_path / "bad.json"), "--out", str(tmp_path / "o")], capsys)
+    assert "divisible" in _run_error(["embed", "--model", str(tmp_path / "bad.json"), "x"], capsys)
+    assert "not a pretune model directory" in _run_error(["convert", "--to-hf", str(tmp_path / "bad.json"), "--out", str(tmp_path / "o")], capsys)
     (tmp_path / "cfgdir").mkdir()
     (tmp_path / "cfgdir" / "config.json").write_text(json.dumps({"hidden": 64, "colour": "red"}))
     assert "colour" in _run_error(["embed", "--model", str(tmp_path / "cfgdir"), "x"], capsys)

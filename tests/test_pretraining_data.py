@@ -524,14 +524,14 @@ def test_too_small_corpus_and_wrong_inputs(tmp_path: Path, wordpiece: Tokenizer,
     path.write_text("영화 정말 재밌다\n배우 연기 최고\n\n스토리 별로\n결말 허무\n\n음악 좋다\n", encoding="utf-8")
     tiny = prepare_corpus([path], wordpiece, tmp_path / "c", progress=False)
     with pytest.raises(PretuneError, match=r"only \d+ BERT instances.*--batch-size"):
-        BertPretrainingStream(tiny, "train", wordpiece, BertInstanceConfig(), batch_size=64)
+        BertPretrainingStream(tiny, "train", wordpiece, BertInstanceConfig(seq_len=128), batch_size=64)
     with pytest.raises(PretuneError, match=r"windows of --seq-len 1024.*--batch-size"):
         GPTPretrainingStream(gpt_corpus, "val", seq_len=1024, batch_size=64, seed=0)
     with pytest.raises(PretuneError, match="mode='gpt'"):
         GPTPretrainingStream(bert_corpus, "train", 64, 8, seed=0)
     other = Tokenizer.load(str(_other_tokenizer(wordpiece, tmp_path)))
     with pytest.raises(PretuneError, match="different tokenizer"):
-        BertPretrainingStream(tiny, "train", other, BertInstanceConfig(), batch_size=1)
+        BertPretrainingStream(tiny, "train", other, BertInstanceConfig(seq_len=128), batch_size=1)
     with pytest.raises(PretuneError, match="seq-len"):
         BertInstanceConfig(seq_len=4)
 

@@ -311,8 +311,8 @@ def test_cli_train_and_encode(
     assert "vocab size: 3,000" in printed and "1 bad line skipped" in printed
     assert Tokenizer.load(out).vocab_size == 3000
     assert main([*args, "--skip-bad-lines"]) == 2
-    assert "not empty; pass --force" in capsys.readouterr().err
-    assert main([*args, "--skip-bad-lines", "--force", "--kind", "bpe", "--vocab-size", "600"]) == 0
+    assert "not empty; pass --overwrite" in capsys.readouterr().err
+    assert main([*args, "--skip-bad-lines", "--overwrite", "--kind", "bpe", "--vocab-size", "600"]) == 0
     assert Tokenizer.load(out).kind == "bpe" and not list(tmp_path.glob("tok.*-*"))
     capsys.readouterr()
     assert main(["tokenizer", "encode", "--tokenizer", str(out), "영화 최고", "ok"]) == 0

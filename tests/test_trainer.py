@@ -48,7 +48,7 @@ def _model(dropout: float = 0.1):
 def _cfg(tmp: Path, **kw: Any) -> TrainConfig:
     base = dict(out_dir=tmp, max_steps=12, lr=3e-3, warmup_steps=2, log_every=1, progress=False, seed=0)
     base.update(kw)
-    return TrainConfig(**base)
+    return TrainConfig.make(**base)
 
 
 def _losses(out: Path) -> list[float]:
@@ -136,8 +136,8 @@ def test_parameter_groups_decay_and_discriminative_learning_rates() -> None:
 
 
 def test_schedules_warm_up_then_decay_to_zero() -> None:
-    lin = TrainConfig(out_dir=Path("."), max_steps=110, warmup_steps=10)
-    cos = TrainConfig(out_dir=Path("."), max_steps=110, warmup_steps=10, schedule="cosine")
+    lin = TrainConfig.make(out_dir=Path("."), max_steps=110, warmup_steps=10)
+    cos = TrainConfig.make(out_dir=Path("."), max_steps=110, warmup_steps=10, schedule="cosine")
     assert lr_factor(0, lin) == pytest.approx(0.1) and lr_factor(9, lin) == pytest.approx(1.0)
     assert lr_factor(60, lin) == pytest.approx(0.5) and lr_factor(110, lin) == pytest.approx(0.0)
     assert lr_factor(60, cos) == pytest.approx(0.5) and lr_factor(35, cos) == pytest.approx(0.5 * (1 + np.cos(np.pi / 4)))
@@ -146,6 +146,6 @@ def test_schedules_warm_up_then_decay_to_zero() -> None:
 
 def test_bad_settings_are_user_errors(tmp_path: Path) -> None:
     with pytest.raises(PretuneError, match="--schedule"):
-        TrainConfig(out_dir=tmp_path, max_steps=1, schedule="step")
+        TrainConfig.make(out_dir=tmp_path, max_steps=1, schedule="step")
     with pytest.raises(PretuneError, match="--max-steps"):
-        TrainConfig(out_dir=tmp_path, max_steps=0)
+        TrainConfig.make(out_dir=tmp_path, max_steps=0)

@@ -69,12 +69,13 @@ def write_model_files(
 
 def save_model(
     out_dir: str | Path, model: nn.Module, tokenizer: Any | None = None, task: Any | None = None,
-    exclude: Iterable[str] = (),
+    exclude: Iterable[str] = (), *, replace: bool = False,
 ) -> Path:
-    """Save a complete model directory. A new directory appears only once it is complete; into an
-    existing one (a run directory) every file is replaced atomically."""
+    """Save a complete model directory. A new directory (or, with ``replace``, a whole new version
+    of an existing one) appears only once it is complete; into an existing run directory every
+    file is replaced atomically."""
     out_dir = Path(out_dir)
-    if out_dir.is_dir():
+    if out_dir.is_dir() and not replace:
         write_model_files(out_dir, model, tokenizer, task, exclude)
     else:
         with atomic_dir(out_dir) as tmp:

@@ -1,4 +1,4 @@
-"""Model configuration: one dataclass for both families, named presets, and run-config files.
+"""Model configuration: one dataclass for both families, and named presets.
 
 A :class:`ModelConfig` is saved as ``config.json`` in every model directory. Presets give the
 shapes of the papers and of the small BERTs of Turc et al. (2019); any field can be overridden.
@@ -183,37 +183,3 @@ def preset(name: str, **overrides: Any) -> ModelConfig:
     if unknown:
         raise PretuneError(f"unknown config field(s) {sorted(unknown)}; valid: {field_names()}")
     return ModelConfig(**data)
-
-
-def parse_overrides(items: list[str] | None) -> dict[str, Any]:
-    """Turn ``["hidden=256", "norm=pre"]`` into typed overrides (JSON values, else strings)."""
-    out: dict[str, Any] = {}
-    for item in items or []:
-        if "=" not in item:
-            raise PretuneError(f"override {item!r} must look like FIELD=VALUE")
-        key, value = item.split("=", 1)
-        try:
-            out[key.strip()] = json.loads(value)
-        except json.JSONDecodeError:
-            out[key.strip()] = value
-    return out
-
-
-def load_run_config(path: str | Path) -> dict[str, Any]:
-    """Read a run config (YAML or JSON) whose keys are command-line flag names."""
-    path = Path(path)
-    if not path.is_file():
-        raise PretuneError(f"{path}: run config not found")
-    text = path.read_text(encoding="utf-8")
-    if path.suffix in (".yaml", ".yml"):
-        import yaml
-
-        try:
-            data = yaml.safe_load(text) or {}
-        except yaml.YAMLError as exc:
-            raise PretuneError(f"{path}: invalid YAML ({exc})") from None
-    else:
-        data = read_json(path)
-    if not isinstance(data, dict):
-        raise PretuneError(f"{path}: expected a mapping of flag names to values")
-    return {str(k).replace("-", "_"): v for k, v in data.items()}

@@ -1,4 +1,4 @@
-"""Contextual embeddings: the hidden state of every token, or one vector per sentence.
+"""Contextual embeddings: the hidden state of every token, one vector per sentence, or of one word.
 
 Unlike Word2Vec, the same word gets a different vector in each context: "눈" (snow) in
 "눈이 와서 너무 좋다" and "눈" (eye) in "너의 눈이 너무 예쁘다".
@@ -6,7 +6,9 @@ Unlike Word2Vec, the same word gets a different vector in each context: "눈" (s
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -19,34 +21,47 @@ class Embedded:
     text: str
     tokens: list[str]
     vectors: torch.Tensor  # (tokens, hidden), or (hidden,) when pooled
+    offsets: list[tuple[int, int]] | None = None  # character span of each token (None: special)
 
 
-def encode_for_model(model: nn.Module, tokenizer, text: str, truncate: bool = False) -> list[int]:
-    """Token ids as the model saw them in pretraining: ``[CLS] text [SEP]`` for BERT, raw for GPT."""
-    ids = tokenizer.encode(text)
+def encode_for_model(model: nn.Module, tokenizer: Any, text: str, truncate: bool = False) -> tuple[list[int], list]:
+    """Token ids as the model saw them in pretraining (``[CLS] text [SEP]`` for BERT, raw for GPT)
+    and each token's character span in ``text`` (None for the special tokens)."""
+    enc = tokenizer.backend.encode(text, add_special_tokens=False)
+    ids, offsets = list(enc.ids), [tuple(o) for o in enc.offsets]
+    limit = model.cfg.max_positions - (2 if model.cfg.family == "bert" else 0)
+    if len(ids) > limit:
+        if not truncate:
+            raise PretuneError(
+                f"text of {len(ids)} tokens is longer than the model allows ({limit} without special tokens): "
+                f"{text[:40]!r}...; pass --truncate to cut it"
+            )
+        ids, offsets = ids[:limit], offsets[:limit]
     if model.cfg.family == "bert":
-        limit = model.cfg.max_positions - 2
-        ids = [tokenizer.cls_id, *(ids[:limit] if truncate else ids), tokenizer.sep_id]
-    elif truncate:
-        ids = ids[: model.cfg.max_positions]
-    if len(ids) > model.cfg.max_positions:
-        raise PretuneError(
-            f"text of {len(ids)} tokens is longer than the model's max_positions ({model.cfg.max_positions}): "
-            f"{text[:40]!r}...; pass --truncate to cut it"
-        )
-    return ids
+        return [tokenizer.cls_id, *ids, tokenizer.sep_id], [None, *offsets, None]
+    return ids, offsets
+
+
+def word_positions(item: Embedded, word: str) -> list[int]:
+    """Positions of the tokens that cover the first occurrence of ``word`` in the text."""
+    start = item.text.find(word)
+    if start < 0:
+        raise PretuneError(f"--word {word!r} does not occur in {item.text!r}")
+    end = start + len(word)
+    hits = [i for i, span in enumerate(item.offsets or []) if span is not None and span[0] < end and span[1] > start]
+    if not hits:
+        raise PretuneError(f"--word {word!r}: no token of {item.text!r} covers it (was it cut by --truncate?)")
+    return hits
+
+
+def word_vector(item: Embedded, word: str) -> torch.Tensor:
+    """The vector of a word in context: its first occurrence's sub-token vectors, averaged."""
+    return item.vectors[word_positions(item, word)].mean(0)
 
 
 @torch.no_grad()
-def embed(
-    model: nn.Module,
-    tokenizer,
-    texts: list[str],
-    *,
-    layer: int = -1,
-    pool: str | None = None,
-    truncate: bool = False,
-) -> list[Embedded]:
+def embed(model: nn.Module, tokenizer: Any, texts: list[str], *, layer: int = -1, pool: str | None = None,
+          truncate: bool = False) -> list[Embedded]:
     """Hidden states of ``layer`` (0 = embeddings, N = block N, -1 = last) for each text.
 
     ``pool='cls'`` keeps the first token's vector, ``pool='mean'`` averages over all tokens
@@ -61,29 +76,41 @@ def embed(
     device = next(model.parameters()).device
     out = []
     for text in texts:
-        ids = encode_for_model(model, tokenizer, text, truncate)
-        x = torch.tensor([ids], device=device)
-        _, states = model.body(x, None, None, output_hidden_states=True)
+        ids, offsets = encode_for_model(model, tokenizer, text, truncate)
+        _, states = model.body(torch.tensor([ids], device=device), None, None, output_hidden_states=True)
         vectors = states[layer][0].float().cpu()
         if pool == "mean":
             vectors = vectors.mean(0)
         elif pool == "cls":
             vectors = vectors[0]
-        out.append(Embedded(text, [t or "" for t in tokenizer.convert_ids_to_tokens(ids)], vectors))
+        out.append(Embedded(text, [t or "" for t in tokenizer.convert_ids_to_tokens(ids)], vectors, offsets))
     return out
 
 
-def token_vector(item: Embedded, piece: str, prefix: bool = False) -> torch.Tensor:
-    """The vector of the first token equal to ``piece`` (e.g. "눈").
+def embed_texts(model_dir: str, texts: list[str], *, layer: int = -1, pool: str | None = None, word: str | None = None,
+                truncate: bool = False, device: str = "auto", precision: str = "auto") -> Iterator[dict[str, Any]]:
+    """``pretune embed``: one record per text, with its tokens and the vectors asked for (``array``)."""
+    from pretune.checkpoint import load_model
+    from pretune.precision import autocast, resolve_precision
+    from pretune.train.distributed import resolve_device
 
-    With ``prefix``, a token that starts with ``piece`` also matches, for vocabularies that keep
-    the word with its particle as one token ("눈이").
-    """
-    for i, tok in enumerate(item.tokens):
-        if tok == piece:
-            return item.vectors[i]
-    if prefix:
-        for i, tok in enumerate(item.tokens):
-            if tok.startswith(piece):
-                return item.vectors[i]
-    raise PretuneError(f"token {piece!r} not found in {item.tokens} (text {item.text!r})")
+    if word is not None and pool is not None:
+        raise PretuneError("--word and --pool are two different vectors; give one of them")
+    loaded = load_model(model_dir)
+    if loaded.tokenizer is None:
+        raise PretuneError(f"--model {model_dir}: no tokenizer files (tokenizer.json, vocab.txt or vocab.json)")
+    dev = resolve_device(device)
+    model = loaded.model.to(dev)
+    with autocast(dev, resolve_precision(precision, dev)):
+        items = embed(model, loaded.tokenizer, texts, layer=layer, pool=pool, truncate=truncate)
+    for item in items:
+        record: dict[str, Any] = {"text": item.text, "tokens": item.tokens}
+        if word is not None:
+            positions = word_positions(item, word)
+            record.update(word=word, word_tokens=[item.tokens[i] for i in positions], array=item.vectors[positions].mean(0))
+        else:
+            record["array"] = item.vectors
+        yield record
+
+
+__all__ = ["Embedded", "embed", "embed_texts", "encode_for_model", "word_positions", "word_vector"]

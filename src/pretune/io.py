@@ -143,7 +143,32 @@ def swap_dir(new: Path, path: Path) -> None:
         fsync_path(path.parent)
 
 
+def _inside(a: Path, b: Path) -> bool:
+    return a == b or b in a.parents
+
+
+def check_out(out: str | Path, *, inputs: tuple[str | Path, ...] = (), overwrite: bool = False,
+              flag: str = "--out", allow: str = "--overwrite") -> Path:
+    """The one rule for every verb's output directory, checked before any work is done.
+
+    ``out`` may not be, lie inside, or contain an input; may not be a file; and, when it holds
+    anything, is refused unless ``allow`` (``--overwrite``, or ``--resume`` for training) was given.
+    """
+    path = Path(out)
+    resolved = path.resolve()
+    for given in inputs:
+        source = Path(given).resolve()
+        if _inside(resolved, source) or _inside(source, resolved):
+            raise PretuneError(f"{flag} {out}: is, contains or lies inside the input {given}; choose another directory")
+    if path.exists() and not path.is_dir():
+        raise PretuneError(f"{flag} {out}: exists and is a file, not a directory")
+    if path.is_dir() and any(path.iterdir()) and not overwrite:
+        raise PretuneError(f"{flag} {out}: the directory is not empty; pass {allow} to replace it, or choose another")
+    return path
+
+
 __all__ = [
+    "check_out",
     "atomic_dir", "atomic_path", "dir_mode", "file_mode", "fsync_path", "fsync_tree", "swap_dir",
     "write_json", "write_text",
 ]

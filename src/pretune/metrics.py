@@ -288,7 +288,7 @@ def compute_metrics(
     if isinstance(predictions, Mapping):
         kind, valid = "question answering", QA_METRICS
     elif len(predictions) and isinstance(predictions[0], (list, tuple)):
-        kind, valid = "tagging", TAGGING_METRICS
+        kind, valid = "entity", TAGGING_METRICS
     else:
         kind, valid = "label", tuple(LABEL_METRICS)
     unknown = [n for n in names if n not in valid]
@@ -296,7 +296,7 @@ def compute_metrics(
         raise PretuneError(f"unknown {kind} metric(s) {', '.join(unknown)}; choose from {', '.join(valid)}")
     if kind == "label":
         return {n: LABEL_METRICS[n](predictions, references) for n in names}
-    if kind == "tagging":
+    if kind == "entity":
         scores = entity_scores(predictions, references)
     else:
         scores = _qa_metrics(names, predictions, references, qa_style)

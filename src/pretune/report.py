@@ -87,3 +87,19 @@ def plot_lines(
         fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
     return Path(out_png)
+
+
+def machine() -> str:
+    """The machine a figure was measured on: the GPU, or the CPU model, core count and bf16 features."""
+    import os
+    import platform
+
+    import torch
+
+    if torch.cuda.is_available():
+        return f"{torch.cuda.get_device_name(0)}, torch {torch.__version__}"
+    from pretune.precision import cpu_bf16_features, cpu_model_name
+
+    features = sorted(cpu_bf16_features())
+    bf16 = f", {'/'.join(features)}" if features else ", no bf16 instructions"
+    return f"{cpu_model_name()} ({os.cpu_count()} cores, {platform.machine()}{bf16}), torch {torch.__version__}"

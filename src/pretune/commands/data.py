@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from dataclasses import dataclass
 
 from pretune.data import download as dl
+from pretune.settings import add_command, require, setting
 
 DATA_DIR_HELP = (
     f"data directory (default: ${dl.ENV_DATA}, else ../shared/data in a source checkout, "
@@ -14,39 +16,32 @@ DATA_DIR_HELP = (
 )
 
 
+@dataclass
+class DownloadSettings:
+    names: list[str] | None = setting(None, positional=True, help=f"data set(s): {', '.join(dl.REGISTRY)}")
+    data_dir: str | None = setting(None, metavar="DIR", help=DATA_DIR_HELP)
+    force: bool = setting(False, help="download again even if the files are present")
+    timeout: float = setting(30.0, metavar="S", help="network timeout in seconds")
+
+
+@dataclass
+class WhereSettings:
+    data_dir: str | None = setting(None, metavar="DIR", help=DATA_DIR_HELP)
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("data", help="download the public data sets, or show where data is found")
-    parser.set_defaults(func=run)
     sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
-
-    get = sub.add_parser(
-        "download",
-        help="download a data set into the data directory",
-        description="Download data sets from their official URLs, verify them and put them in place. "
-        f"Files already present and verified are skipped. ${dl.ENV_MIRROR} (a base URL) replaces the "
-        "origin of every URL, to use a mirror.",
-    )
-    get.add_argument("names", nargs="+", metavar="NAME", help=f"data set(s): {', '.join(dl.REGISTRY)}")
-    get.add_argument("--data-dir", metavar="DIR", help=DATA_DIR_HELP)
-    get.add_argument("--force", action="store_true", help="download again even if the files are present")
-    get.add_argument("--timeout", type=float, default=30, metavar="S", help="network timeout in seconds (30)")
-
-    ls = sub.add_parser("list", help="list the data sets and whether each is in the data directory")
-    ls.add_argument("--data-dir", metavar="DIR", help=DATA_DIR_HELP)
-
-    wh = sub.add_parser(
-        "where",
-        help="print the data directory (stdout) and how it was chosen (stderr)",
-    )
-    wh.add_argument("--data-dir", metavar="DIR", help=DATA_DIR_HELP)
+    add_command(sub, "download", DownloadSettings, run_download, help="download a data set into the data directory",
+                description="Download data sets from their official URLs, verify them and put them in place. "
+                f"Files already present and verified are skipped. ${dl.ENV_MIRROR} (a base URL) replaces the "
+                "origin of every URL, to use a mirror.")
+    add_command(sub, "list", WhereSettings, run_list, help="list the data sets and whether each is in the data directory")
+    add_command(sub, "where", WhereSettings, run_where, help="print the data directory (stdout) and how it was chosen (stderr)")
 
 
-def run(args: argparse.Namespace) -> int:
-    """Run the chosen action; returns the exit code."""
-    return {"download": run_download, "list": run_list, "where": run_where}[args.action](args)
-
-
-def run_download(args: argparse.Namespace) -> int:
+def run_download(args: DownloadSettings) -> int:
+    require(args, "names")
     root, how = dl.resolve_data_dir(args.data_dir)
     datasets = [dl.get_dataset(name) for name in dict.fromkeys(args.names)]  # all names checked first
     print(f"data dir: {root} ({how})", file=sys.stderr)
@@ -59,7 +54,7 @@ def run_download(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_list(args: argparse.Namespace) -> int:
+def run_list(args: WhereSettings) -> int:
     root, how = dl.resolve_data_dir(args.data_dir)
     print(f"data dir: {root} ({how})")
     width = max(len(name) for name in dl.REGISTRY)
@@ -71,7 +66,7 @@ def run_list(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_where(args: argparse.Namespace) -> int:
+def run_where(args: WhereSettings) -> int:
     root, how = dl.resolve_data_dir(args.data_dir)
     print(root)
     print(f"chosen by: {how}", file=sys.stderr)

@@ -1,39 +1,54 @@
-"""`pretune embed`: contextual vectors for each token (or one per sentence) as JSON lines."""
+"""`pretune embed`: contextual vectors for each token (or one per sentence, or of one word) as JSON lines."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+from dataclasses import dataclass
+from typing import Literal
 
-from pretune.checkpoint import load_model
-from pretune.embed import embed
 from pretune.errors import PretuneError
+from pretune.settings import add_command, require, setting
+from pretune.train.settings import Runtime
+
+
+@dataclass
+class EmbedSettings(Runtime):
+    model: str | None = setting(None, help="pretune or Hugging Face model directory")
+    layer: int = setting(-1, help="0 = embeddings, N = block N, -1 = last")
+    pool: Literal["mean", "cls"] | None = setting(None, help="one sentence vector (mean or cls) instead of one per token")
+    word: str | None = setting(None, help="the vector of this word in each text: its first occurrence's sub-tokens, averaged")
+    truncate: bool = setting(False, help="cut texts longer than the model's maximum")
+    decimals: int = setting(6, help="decimals printed")
+    texts: list[str] | None = setting(None, positional=True, help="texts to embed (default: lines of stdin)")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("embed", help="print contextual embeddings of texts as JSON lines")
-    p.add_argument("--model", required=True, help="pretune or Hugging Face model directory")
-    p.add_argument("--layer", type=int, default=-1, help="0 = embeddings, N = block N, -1 = last (default)")
-    p.add_argument("--pool", choices=["mean", "cls"], help="one sentence vector instead of one per token")
-    p.add_argument("--truncate", action="store_true", help="cut texts longer than the model's maximum")
-    p.add_argument("--precision", type=int, default=6, help="decimals printed (default 6)")
-    p.add_argument("texts", nargs="*", metavar="TEXT", help="texts to embed (default: lines of stdin)")
-    p.set_defaults(func=run)
+    add_command(sub, "embed", EmbedSettings, run, help="print contextual embeddings of texts as JSON lines")
 
 
-def run(args: argparse.Namespace) -> int:
-    loaded = load_model(args.model)
-    if loaded.tokenizer is None:
-        raise PretuneError(f"{args.model}: no tokenizer files (tokenizer.json, vocab.txt or vocab.json)")
-    texts = args.texts or [line.rstrip("\n") for line in sys.stdin if line.strip()]
-    for item in embed(loaded.model, loaded.tokenizer, texts, layer=args.layer, pool=args.pool, truncate=args.truncate):
-        vectors = [round(v, args.precision) for v in item.vectors.flatten().tolist()]
-        record = {"text": item.text, "tokens": item.tokens}
-        if args.pool:
-            record["vector"] = vectors
-        else:
-            width = item.vectors.shape[-1]
-            record["vectors"] = [vectors[i : i + width] for i in range(0, len(vectors), width)]
+def read_texts(given: list[str] | None) -> list[str]:
+    """The texts of the command line, else the non-empty lines of a piped stdin."""
+    if given:
+        return list(given)
+    if sys.stdin is None or sys.stdin.isatty():
+        raise PretuneError("no text: give texts as arguments, or pipe them on stdin (one per line)")
+    texts = [line.rstrip("\n") for line in sys.stdin if line.strip()]
+    if not texts:
+        raise PretuneError("no text on stdin: every line was empty")
+    return texts
+
+
+def run(s: EmbedSettings) -> int:
+    from pretune.embed import embed_texts
+
+    require(s, "model")
+    for record in embed_texts(s.model, read_texts(s.texts), layer=s.layer, pool=s.pool, word=s.word,
+                              truncate=s.truncate, device=s.device, precision=s.precision):
+        vectors = record.pop("array")
+        record["vector" if vectors.dim() == 1 else "vectors"] = [
+            [round(v, s.decimals) for v in row] for row in vectors.tolist()
+        ] if vectors.dim() == 2 else [round(v, s.decimals) for v in vectors.tolist()]
         print(json.dumps(record, ensure_ascii=False))
     return 0

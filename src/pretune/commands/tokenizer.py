@@ -6,105 +6,73 @@ import argparse
 import json
 import sys
 import time
-from pathlib import Path
+from dataclasses import dataclass
+from typing import Literal
 
-from pretune.data import corpus
-from pretune.errors import PretuneError
-from pretune.io import atomic_dir
+from pretune.settings import add_command, require, setting
+
+
+@dataclass
+class TrainTokenizerSettings:
+    files: list[str] | None = setting(None, positional=True, help="training text: .txt, .txt.gz, .jsonl, .jsonl.gz")
+    kind: Literal["wordpiece", "bpe"] | None = setting(None, help="wordpiece for BERT, bpe (byte-level) for GPT")
+    vocab_size: int | None = setting(None, metavar="N", help="vocabulary size, special tokens included")
+    out: str | None = setting(None, metavar="DIR", help="output directory")
+    lowercase: bool = setting(False, help="lower-case text first (accents and Hangul kept)")
+    min_frequency: int = setting(2, metavar="K", help="keep merges seen at least K times")
+    skip_bad_lines: bool = setting(False, help="skip lines that are not UTF-8 instead of stopping")
+    overwrite: bool = setting(False, help="replace --out if it holds anything")
+
+
+@dataclass
+class EncodeSettings:
+    tokenizer: str | None = setting(None, metavar="DIR", help="tokenizer directory")
+    texts: list[str] | None = setting(None, positional=True, help="texts to encode (default: lines of stdin)")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("tokenizer", help="train a tokenizer or show how text is tokenized")
-    parser.set_defaults(func=run)
     sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
-
-    train = sub.add_parser(
-        "train",
-        help="train a WordPiece (BERT) or byte-level BPE (GPT) tokenizer on text files",
-        description="Train a tokenizer on .txt / .jsonl files (gzipped or not) and save it to a directory "
-        "that pretune and Hugging Face AutoTokenizer can both load.",
-    )
-    train.add_argument(
-        "files", nargs="+", metavar="FILE", help="training text: .txt, .txt.gz, .jsonl, .jsonl.gz"
-    )
-    train.add_argument(
-        "--kind", required=True, choices=["wordpiece", "bpe"], help="wordpiece for BERT, bpe for GPT"
-    )
-    train.add_argument(
-        "--vocab-size", required=True, type=int, metavar="N", help="vocabulary size, special tokens included"
-    )
-    train.add_argument("--out", required=True, type=Path, metavar="DIR", help="output directory")
-    train.add_argument(
-        "--lowercase", action="store_true", help="lower-case text first (accents and Hangul kept)"
-    )
-    train.add_argument(
-        "--min-frequency", type=int, default=2, metavar="K", help="keep merges seen at least K times (2)"
-    )
-    train.add_argument(
-        "--skip-bad-lines", action="store_true", help="skip lines that are not UTF-8 instead of stopping"
-    )
-    train.add_argument("--force", action="store_true", help="replace DIR if it exists and is not empty")
-
-    enc = sub.add_parser("encode", help="print the tokens and ids of texts, one JSON line each")
-    enc.add_argument("--tokenizer", required=True, type=Path, metavar="DIR", help="tokenizer directory")
-    enc.add_argument("texts", nargs="*", metavar="TEXT", help="texts to encode (default: lines of stdin)")
+    add_command(sub, "train", TrainTokenizerSettings, run_train,
+                help="train a WordPiece (BERT) or byte-level BPE (GPT) tokenizer on text files",
+                description="Train a tokenizer on .txt / .jsonl files (gzipped or not) and save it to a directory "
+                "that pretune and Hugging Face AutoTokenizer can both load.")
+    add_command(sub, "encode", EncodeSettings, run_encode, help="print the tokens and ids of texts, one JSON line each")
 
 
-def run(args: argparse.Namespace) -> int:
-    """Run the chosen action; returns the exit code."""
-    return {"train": run_train, "encode": run_encode}[args.action](args)
-
-
-def _check_out(out: Path, force: bool) -> None:
-    if out.exists() and not out.is_dir():
-        raise PretuneError(f"--out {out}: exists and is not a directory")
-    if out.is_dir() and any(out.iterdir()) and not force:
-        raise PretuneError(f"--out {out}: directory exists and is not empty; pass --force to replace it")
-
-
-def run_train(args: argparse.Namespace) -> int:
+def run_train(s: TrainTokenizerSettings) -> int:
+    from pretune.data import corpus
+    from pretune.io import atomic_dir, check_out
     from pretune.tokenizer import train_tokenizer
 
-    out: Path = args.out
-    _check_out(out, args.force)
-    files = corpus.check_paths(args.files)
+    require(s, "files", "kind", "vocab_size", "out")
+    check_out(s.out, inputs=tuple(s.files), overwrite=s.overwrite)
+    files = corpus.check_paths(s.files)
     stats = corpus.ReadStats()
     started = time.perf_counter()
-    tok = train_tokenizer(
-        files,
-        args.kind,
-        args.vocab_size,
-        lowercase=args.lowercase,
-        min_frequency=args.min_frequency,
-        show_progress=sys.stderr.isatty(),
-        skip_bad_lines=args.skip_bad_lines,
-        stats=stats,
-    )
-    with atomic_dir(out) as tmp:
+    tok = train_tokenizer(files, s.kind, s.vocab_size, lowercase=s.lowercase, min_frequency=s.min_frequency,
+                          show_progress=sys.stderr.isatty(), skip_bad_lines=s.skip_bad_lines, stats=stats)
+    with atomic_dir(s.out) as tmp:
         tok.save(tmp)
     seconds = time.perf_counter() - started
-    plural = "s" if stats.bad_lines != 1 else ""
-    skipped = f", {stats.bad_lines:,} bad line{plural} skipped" if stats.bad_lines else ""
+    skipped = f", {stats.bad_lines:,} bad line{'s' if stats.bad_lines != 1 else ''} skipped" if stats.bad_lines else ""
     print(f"trained {tok.kind} tokenizer on {stats.lines:,} lines{skipped} in {seconds:.1f}s")
-    note = "" if tok.vocab_size == args.vocab_size else f" (asked for {args.vocab_size:,})"
+    note = "" if tok.vocab_size == s.vocab_size else f" (asked for {s.vocab_size:,})"
     print(f"vocab size: {tok.vocab_size:,}{note}")
     sample = next(corpus.iter_texts(files, skip_bad_lines=True), "")[:100]
     print(f"sample: {sample}")
     print(f"tokens: {' '.join(tok.tokenize(sample))}")
-    print(f"saved to {out}")
+    print(f"saved to {s.out}")
     return 0
 
 
-def run_encode(args: argparse.Namespace) -> int:
+def run_encode(s: EncodeSettings) -> int:
+    from pretune.commands.embed import read_texts
     from pretune.tokenizer import Tokenizer
 
-    tok = Tokenizer.load(args.tokenizer)
-    texts = args.texts or (line.rstrip("\n") for line in sys.stdin)
-    for text in texts:
+    require(s, "tokenizer")
+    tok = Tokenizer.load(s.tokenizer)
+    for text in read_texts(s.texts):
         ids = tok.encode(text)
-        print(
-            json.dumps(
-                {"text": text, "tokens": tok.convert_ids_to_tokens(ids), "ids": ids}, ensure_ascii=False
-            )
-        )
+        print(json.dumps({"text": text, "tokens": tok.convert_ids_to_tokens(ids), "ids": ids}, ensure_ascii=False))
     return 0

@@ -79,31 +79,35 @@ def iter_lines(
         if stats is not None:
             stats.lines += 1
         try:
-            text = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
-        except UnicodeDecodeError as exc:
-            if skip_bad_lines:
-                if stats is not None:
-                    stats.bad_lines += 1
-                continue
-            raise PretuneError(
-                f"{where(path, lineno)}: not valid UTF-8 ({exc.reason} at byte {exc.start}); "
-                "re-encode the file or pass --skip-bad-lines"
-            ) from None
-        if not jsonl:
+            text = _line_text(raw, lineno, jsonl)
+        except _BadLine as exc:
+            if not skip_bad_lines:
+                raise PretuneError(f"{where(path, lineno)}: {exc} or pass --skip-bad-lines") from None
+            if stats is not None:
+                stats.bad_lines += 1
+            continue
+        if text is not None:
             yield lineno, text
-            continue
-        if not text.strip():
-            continue
-        try:
-            yield lineno, _json_text(text)
-        except ValueError as exc:
-            if skip_bad_lines:
-                if stats is not None:
-                    stats.bad_lines += 1
-                continue
-            raise PretuneError(
-                f"{where(path, lineno)}: {exc}; fix the line or pass --skip-bad-lines"
-            ) from None
+
+
+class _BadLine(Exception):
+    """A line that cannot be read (its message says why and what to do)."""
+
+
+def _line_text(raw: bytes, lineno: int, jsonl: bool) -> str | None:
+    """The text of one raw line (None for a blank JSON line)."""
+    try:
+        text = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
+    except UnicodeDecodeError as exc:
+        raise _BadLine(f"not valid UTF-8 ({exc.reason} at byte {exc.start}); re-encode the file") from None
+    if not jsonl:
+        return text
+    if not text.strip():
+        return None
+    try:
+        return _json_text(text)
+    except ValueError as exc:
+        raise _BadLine(f"{exc}; fix the line") from None
 
 
 def _json_text(line: str) -> str:

@@ -57,6 +57,7 @@ import torch
 
 from pretune.data.shards import PreparedCorpus, splitmix64, tokenizer_digest
 from pretune.errors import PretuneError
+from pretune.train.settings import MaskingSettings
 
 STATE_VERSION = 1
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
@@ -67,18 +68,12 @@ _TAG_DOC_PERM, _TAG_CREATE, _TAG_UNIT_SHUFFLE, _TAG_STATIC_ORDER, _TAG_EVAL, _TA
 # --- configuration ---------------------------------------------------------------------------
 
 
-@dataclass
-class BertInstanceConfig:
-    """How BERT pretraining instances are built and masked."""
+@dataclass(kw_only=True)
+class BertInstanceConfig(MaskingSettings):
+    """How BERT pretraining instances are built and masked: the user's masking settings (one
+    declaration, in :class:`pretune.train.settings.MaskingSettings`) plus the sequence length."""
 
-    seq_len: int = 128
-    short_seq_prob: float = 0.1
-    nsp: bool = True
-    mask_prob: float = 0.15
-    max_predictions: int | None = None  # None: ceil(seq_len * mask_prob) (20 for 128)
-    whole_word_mask: bool = False
-    dynamic_masking: bool = True
-    dupe_factor: int = 10  # static masking only: copies with different masks
+    seq_len: int
     chunk_docs: int = 1024  # documents per unit of lazy instance creation
 
     def __post_init__(self) -> None:
@@ -154,6 +149,26 @@ def _front_count(k: int, rnd: random.Random) -> int:
     return bin(rnd.getrandbits(k)).count("1") if k > 0 else 0
 
 
+class _Rows:
+    """Instance fields collected as Python lists, then turned into an :class:`Instances`."""
+
+    def __init__(self) -> None:
+        self.a0: list[int] = []
+        self.al: list[int] = []
+        self.b0: list[int] = []
+        self.bl: list[int] = []
+        self.lab: list[int] = []
+
+    def instances(self, nsp: bool) -> Instances:
+        n = len(self.a0)
+        if nsp:
+            b_start, b_len, labels = (np.array(x, np.int64) for x in (self.b0, self.bl, self.lab))
+        else:
+            b_start, b_len, labels = np.zeros(n, np.int64), np.zeros(n, np.int64), np.full(n, -1, np.int64)
+        return Instances(np.array(self.a0, np.int64), np.array(self.al, np.int64), b_start, b_len, labels,
+                         np.zeros(n, np.uint64))
+
+
 def create_instances(
     sentences: np.ndarray,
     documents: np.ndarray,
@@ -166,71 +181,74 @@ def create_instances(
     ``sentences``/``documents`` are the split's CSR offsets (``PreparedCorpus.sentences/documents``);
     random next segments come from any other document of the split. Mask seeds are left at 0.
     """
-    max_tokens = cfg.max_tokens
-    n_docs = len(documents) - 1
-    a0: list[int] = []
-    al: list[int] = []
-    b0: list[int] = []
-    bl: list[int] = []
-    lab: list[int] = []
+    rows = _Rows()
     for d in doc_ids:
         d = int(d)
         s0, s1 = int(documents[d]), int(documents[d + 1])
-        target = max_tokens
+        target = cfg.max_tokens
         if rnd.random() < cfg.short_seq_prob:
-            target = rnd.randint(2, max_tokens)
+            target = rnd.randint(2, cfg.max_tokens)
         if not cfg.nsp:
             lo, hi = int(sentences[s0]), int(sentences[s1])
             for start in range(lo, hi, target):
-                a0.append(start)
-                al.append(min(target, hi - start))
+                rows.a0.append(start)
+                rows.al.append(min(target, hi - start))
             continue
-        offs = sentences[s0 : s1 + 1].tolist()
-        n = s1 - s0
-        i = chunk = length = 0
-        while i < n:
-            length += offs[i + 1] - offs[i]
-            if i == n - 1 or length >= target:
-                k = i - chunk + 1
-                a_end = chunk + (rnd.randint(1, k - 1) if k >= 2 else 1)
-                a_lo, a_hi = offs[chunk], offs[a_end]
-                can_follow = k >= 2 or a_hi - a_lo >= 2
-                if not can_follow or rnd.random() < 0.5:
-                    label = 1
-                    target_b = target - (a_hi - a_lo)
-                    if n_docs > 1:
-                        other = rnd.randrange(n_docs - 1)
-                        other += other >= d
-                    else:  # a one-document split: the original falls back to the same document
-                        other = d
-                    r0, r1 = int(documents[other]), int(documents[other + 1])
-                    start = r0 + rnd.randint(0, r1 - r0 - 1)
-                    b_lo = int(sentences[start])
-                    ends = sentences[start + 1 : r1 + 1]
-                    j = min(int(np.searchsorted(ends, b_lo + target_b, side="left")), len(ends) - 1)
-                    b_hi = int(ends[j])
-                    i = a_end - 1  # put the unused sentences back
-                else:
-                    label = 0
-                    if k == 1:  # one sentence: B is its tail, cut at a random token
-                        a_hi = rnd.randint(a_lo + 1, a_hi - 1)
-                    b_lo, b_hi = a_hi, offs[i + 1]
-                ka, kb = _truncate_counts(a_hi - a_lo, b_hi - b_lo, max_tokens)
-                fa, fb = _front_count(ka, rnd), _front_count(kb, rnd)
-                a0.append(a_lo + fa)
-                al.append(a_hi - a_lo - ka)
-                b0.append(b_lo + fb)
-                bl.append(b_hi - b_lo - kb)
-                lab.append(label)
-                chunk = i + 1
-                length = 0
-            i += 1
-    n = len(a0)
-    if cfg.nsp:
-        b_start, b_len, nsp = np.array(b0, np.int64), np.array(bl, np.int64), np.array(lab, np.int64)
-    else:
-        b_start, b_len, nsp = np.zeros(n, np.int64), np.zeros(n, np.int64), np.full(n, -1, np.int64)
-    return Instances(np.array(a0, np.int64), np.array(al, np.int64), b_start, b_len, nsp, np.zeros(n, np.uint64))
+        _segment_pairs(sentences, documents, d, target, cfg.max_tokens, rnd, rows)
+    return rows.instances(cfg.nsp)
+
+
+def _segment_pairs(sentences: np.ndarray, documents: np.ndarray, d: int, target: int, max_tokens: int,
+                   rnd: random.Random, rows: _Rows) -> None:
+    """google-research/bert's walk over one document: chunks of sentences up to ``target`` tokens,
+    each split into A and B (B the continuation, or with probability 1/2 a random segment)."""
+    s0, s1 = int(documents[d]), int(documents[d + 1])
+    offs = sentences[s0 : s1 + 1].tolist()
+    n = s1 - s0
+    i = chunk = length = 0
+    while i < n:
+        length += offs[i + 1] - offs[i]
+        if i == n - 1 or length >= target:
+            k = i - chunk + 1
+            a_end = chunk + (rnd.randint(1, k - 1) if k >= 2 else 1)
+            a_lo, a_hi = offs[chunk], offs[a_end]
+            can_follow = k >= 2 or a_hi - a_lo >= 2
+            if not can_follow or rnd.random() < 0.5:
+                label = 1
+                b_lo, b_hi = _random_segment(sentences, documents, d, target - (a_hi - a_lo), rnd)
+                i = a_end - 1  # put the unused sentences back
+            else:
+                label = 0
+                if k == 1:  # one sentence: B is its tail, cut at a random token
+                    a_hi = rnd.randint(a_lo + 1, a_hi - 1)
+                b_lo, b_hi = a_hi, offs[i + 1]
+            ka, kb = _truncate_counts(a_hi - a_lo, b_hi - b_lo, max_tokens)
+            fa, fb = _front_count(ka, rnd), _front_count(kb, rnd)
+            rows.a0.append(a_lo + fa)
+            rows.al.append(a_hi - a_lo - ka)
+            rows.b0.append(b_lo + fb)
+            rows.bl.append(b_hi - b_lo - kb)
+            rows.lab.append(label)
+            chunk = i + 1
+            length = 0
+        i += 1
+
+
+def _random_segment(sentences: np.ndarray, documents: np.ndarray, d: int, target_b: int,
+                    rnd: random.Random) -> tuple[int, int]:
+    """A random next segment: sentences of another document from a random start, up to ``target_b`` tokens."""
+    n_docs = len(documents) - 1
+    if n_docs > 1:
+        other = rnd.randrange(n_docs - 1)
+        other += other >= d
+    else:  # a one-document split: the original falls back to the same document
+        other = d
+    r0, r1 = int(documents[other]), int(documents[other + 1])
+    start = r0 + rnd.randint(0, r1 - r0 - 1)
+    b_lo = int(sentences[start])
+    ends = sentences[start + 1 : r1 + 1]
+    j = min(int(np.searchsorted(ends, b_lo + target_b, side="left")), len(ends) - 1)
+    return b_lo, int(ends[j])
 
 
 # --- masking ---------------------------------------------------------------------------------

@@ -471,30 +471,23 @@ def _build(
         for w in writers.values():
             w.close()
     meta = {
-        "format": "pretune-shards",
-        "format_version": FORMAT_VERSION,
-        "complete": True,
-        "key": key,
-        "mode": mode,
-        "dtype": dtype.name,
-        "val_fraction": val_fraction,
-        "skip_bad_lines": skip_bad_lines,
-        "files": [{"path": str(f.resolve()), "size": f.stat().st_size, "mtime_ns": f.stat().st_mtime_ns} for f in files],
-        "tokenizer": {
-            "kind": tokenizer.kind,
-            "vocab_size": tokenizer.vocab_size,
-            "sha256": tokenizer_digest(tokenizer),
-        },
-        "separator_id": sep,
-        "splits": splits,
-        "lines": stats.lines,
-        "bad_lines": stats.bad_lines,
-        **counts,
-        "workers": n_workers,
+        **_meta(files, tokenizer, key, mode, dtype, val_fraction, skip_bad_lines), "separator_id": sep,
+        "splits": splits, "lines": stats.lines, "bad_lines": stats.bad_lines, **counts, "workers": n_workers,
         "seconds": round(time.perf_counter() - t0, 3),
     }
     (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
     return meta
+
+
+def _meta(files: list[Path], tokenizer: Any, key: str, mode: str, dtype: np.dtype, val_fraction: float,
+          skip_bad_lines: bool) -> dict[str, Any]:
+    """What a cache directory was built from (its ``meta.json``, with the counts added)."""
+    return {
+        "format": "pretune-shards", "format_version": FORMAT_VERSION, "complete": True, "key": key, "mode": mode,
+        "dtype": dtype.name, "val_fraction": val_fraction, "skip_bad_lines": skip_bad_lines,
+        "files": [{"path": str(f.resolve()), "size": f.stat().st_size, "mtime_ns": f.stat().st_mtime_ns} for f in files],
+        "tokenizer": {"kind": tokenizer.kind, "vocab_size": tokenizer.vocab_size, "sha256": tokenizer_digest(tokenizer)},
+    }
 
 
 def _finish_splits(writers: dict[str, _SplitWriter], files: list[Path], val_fraction: float) -> dict[str, dict[str, int]]:

@@ -7,14 +7,14 @@ as the original implementation does: at a 30k vocabulary it costs more than the 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pretune.config import ModelConfig
-from pretune.models.core import Transformer, activation, gather_rows, init_weights
+from pretune.models.core import Backbone, ModelOutput, activation, gather_rows, init_weights
 from pretune.models.fused_ce import linear_cross_entropy
 
 
@@ -74,36 +74,30 @@ class MLMHead(nn.Module):
 
 
 @dataclass
-class BertOutput:
-    loss: Tensor | None  # mlm_loss + nsp_loss (those given labels)
-    hidden: Tensor  # final hidden states (b, t, h)
-    pooled: Tensor | None  # pooler output (b, h); None when the model has no pooler
+class BertOutput(ModelOutput):
+    """``loss`` is mlm_loss + nsp_loss (those given targets)."""
+
+    pooled: Tensor | None = None  # pooler output (b, h); None when the model has no pooler
     mlm_logits: Tensor | None = None  # (n_masked, vocab) at the predicted positions only
     nsp_logits: Tensor | None = None  # (b, 2): 0 = B follows A, 1 = B is random
     mlm_loss: Tensor | None = None
     nsp_loss: Tensor | None = None
-    hidden_states: list[Tensor] = field(default_factory=list)
-    metrics: dict[str, Tensor] = field(default_factory=dict)  # summed counts for evaluation
 
 
-class BERT(nn.Module):
+class BERT(Backbone):
     """Encoder with the pretraining heads of ``BertForPreTraining``."""
 
+    family = "bert"
+
     def __init__(self, cfg: ModelConfig) -> None:
-        super().__init__()
-        if cfg.family != "bert":
-            raise ValueError(f"BERT needs a config of family 'bert', got {cfg.family!r}")
-        self.cfg = cfg
-        self.body = Transformer(cfg)
+        super().__init__(cfg)
         self.pooler = Pooler(cfg)
         self.mlm = MLMHead(cfg)
         self.nsp = nn.Linear(cfg.hidden, 2)
         init_weights(self, cfg.initializer_range)
 
-    @property
-    def decoder_weight(self) -> Tensor:
-        """The MLM output matrix (vocab, hidden): the token embedding unless untied."""
-        return self.body.embeddings.tok.weight if self.cfg.tie_embeddings else self.mlm.decoder.weight
+    def untied_output(self) -> nn.Linear:
+        return self.mlm.decoder
 
     def mlm_logits(self, hidden: Tensor) -> Tensor:
         """Vocabulary logits for any hidden states (all positions: for fill-mask and tests)."""
@@ -143,7 +137,7 @@ class BERT(nn.Module):
         rows = torch.cat([mlm_positions.new_zeros(mlm_positions.shape[0], 1), mlm_positions], 1) if sparse else None
         hidden, states = self.body(input_ids, padding_mask, token_type_ids, output_hidden_states, last_rows=rows)
         pooled = self.pooler(hidden) if self.pooler is not None else None
-        out = BertOutput(None, hidden, pooled, hidden_states=states)
+        out = BertOutput(hidden=hidden, pooled=pooled, hidden_states=states)
         if mlm_labels is not None:
             picked, targets = _masked_rows(hidden, mlm_labels, mlm_positions, sparse)
             out.mlm_loss, out.mlm_logits, metrics = self.mlm.loss(picked, self.decoder_weight, targets, return_logits)

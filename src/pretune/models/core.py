@@ -8,6 +8,9 @@ about objectives or heads.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+from typing import ClassVar
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -239,11 +242,43 @@ def init_weights(module: nn.Module, std: float) -> None:
             nn.init.zeros_(m.bias)
 
 
+@dataclass
+class ModelOutput:
+    """What a model's forward returns: the loss for the targets given, the hidden states, counts."""
+
+    hidden: Tensor  # final hidden states (b, t, h)
+    loss: Tensor | None = None
+    hidden_states: list[Tensor] = field(default_factory=list)  # embeddings, then every block's output
+    metrics: dict[str, Tensor] = field(default_factory=dict)  # summed counts for evaluation
+
+
+class Backbone(nn.Module):
+    """A transformer body of one model family, initialised as BERT and GPT are."""
+
+    family: ClassVar[str]
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        if cfg.family != self.family:
+            raise ValueError(f"{type(self).__name__} needs a config of family {self.family!r}, got {cfg.family!r}")
+        self.cfg = cfg
+        self.body = Transformer(cfg)
+
+    def untied_output(self) -> nn.Linear:
+        """The output layer over the vocabulary when it is not tied to the token embedding."""
+        raise NotImplementedError
+
+    @property
+    def decoder_weight(self) -> Tensor:
+        """The output matrix (vocab, hidden): the token embedding unless untied."""
+        return self.body.embeddings.tok.weight if self.cfg.tie_embeddings else self.untied_output().weight
+
+
 def count_parameters(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
 __all__ = [
-    "Block", "Embeddings", "FeedForward", "SelfAttention", "Transformer",
+    "Backbone", "Block", "ModelOutput", "Embeddings", "FeedForward", "SelfAttention", "Transformer",
     "activation", "attention_mask", "count_parameters", "gather_rows", "init_weights",
 ]

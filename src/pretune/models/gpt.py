@@ -7,43 +7,37 @@ keeps this LM loss as an auxiliary objective.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pretune.config import ModelConfig
-from pretune.models.core import Transformer, init_weights
+from pretune.models.core import Backbone, ModelOutput, init_weights
 from pretune.models.fused_ce import linear_cross_entropy
 
 
 @dataclass
-class GPTOutput:
-    loss: Tensor | None  # mean next-token cross-entropy over labelled positions
-    logits: Tensor | None  # (b, t, vocab); None when only the loss was asked for
-    hidden: Tensor  # final hidden states (b, t, h)
-    hidden_states: list[Tensor] = field(default_factory=list)
-    metrics: dict[str, Tensor] = field(default_factory=dict)  # summed counts for evaluation
+class GPTOutput(ModelOutput):
+    """``loss`` is the mean next-token cross-entropy over labelled positions."""
+
+    logits: Tensor | None = None  # (b, t, vocab); None when only the loss was asked for
 
 
-class GPT(nn.Module):
+class GPT(Backbone):
     """Decoder-only transformer; ``forward`` returns next-token logits and, given labels, the LM loss."""
 
+    family = "gpt"
+
     def __init__(self, cfg: ModelConfig) -> None:
-        super().__init__()
-        if cfg.family != "gpt":
-            raise ValueError(f"GPT needs a config of family 'gpt', got {cfg.family!r}")
-        self.cfg = cfg
-        self.body = Transformer(cfg)
+        super().__init__(cfg)
         if not cfg.tie_embeddings:
             self.lm_head = nn.Linear(cfg.hidden, cfg.vocab_size, bias=False)
         init_weights(self, cfg.initializer_range)
 
-    @property
-    def decoder_weight(self) -> Tensor:
-        """The LM output matrix (vocab, hidden): the token embedding unless untied."""
-        return self.body.embeddings.tok.weight if self.cfg.tie_embeddings else self.lm_head.weight
+    def untied_output(self) -> nn.Linear:
+        return self.lm_head
 
     def lm_logits(self, hidden: Tensor) -> Tensor:
         """Project hidden states onto the vocabulary (with the token embedding, when tied)."""
@@ -74,7 +68,7 @@ class GPT(nn.Module):
             logits = self.lm_logits(hidden)
             if labels is not None:
                 loss, metrics = lm_loss(logits, labels)
-        return GPTOutput(loss, logits, hidden, states, metrics)
+        return GPTOutput(hidden=hidden, loss=loss, hidden_states=states, metrics=metrics, logits=logits)
 
     def next_token_loss(self, hidden: Tensor, labels: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         """:func:`lm_loss` of ``lm_logits(hidden)`` through the fused output layer, without the logits."""

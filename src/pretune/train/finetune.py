@@ -13,12 +13,12 @@ model.safetensors, tokenizer files) holding the best checkpoint, plus ``metrics.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import time
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -41,59 +41,13 @@ from pretune.tasks import (
     read_examples,
 )
 from pretune.train.distributed import init_distributed
+from pretune.train.settings import FinetuneSettings
 from pretune.train.surgery import freeze_layers, resize_vocab, transfer_layers
 from pretune.train.trainer import TrainConfig, Trainer, param_groups, seed_everything
 
 RESULTS = "eval_results.json"
 BEST_STATE = "best.json"
 DEFAULT_GPT_LM_COEF = 0.5
-
-
-@dataclass
-class FinetuneSettings:
-    """Everything ``pretune finetune`` takes (flag names with dashes become underscores)."""
-
-    model: str
-    task: str
-    train: str
-    out: str
-    validation: str | None = None
-    validation_split: float | None = None  # hold out this fraction of --train instead of --validation
-    test: str | None = None
-    tokenizer: str | None = None
-    epochs: float = 3.0
-    batch_size: int = 32
-    eval_batch_size: int | None = None
-    lr: float = 5e-5  # the pretrained body
-    head_lr: float | None = None  # the new layers (task head); None: same as lr
-    layer_decay: float | None = None
-    freeze_layers: int = 0
-    transfer_layers: int | None = None
-    warmup_ratio: float = 0.1
-    weight_decay: float = 0.01
-    schedule: str = "linear"
-    grad_accum: int = 1
-    grad_clip: float = 1.0
-    max_seq_len: int | None = None  # default: the model's max_positions
-    doc_stride: int = 128
-    max_query_len: int = 64
-    max_answer_len: int = 30
-    seed: int = 0
-    lm_coef: float | None = None  # GPT: 0.5 by default; BERT: ignored
-    pair_mode: str = "auto"  # GPT sentence pairs: auto | entailment | similarity
-    patience: int = 0  # stop after this many evaluations without improvement (0: never)
-    group_by_length: bool = False
-    no_truncate: bool = False
-    limit: int | None = None
-    columns: dict[str, Any] = field(default_factory=dict)  # text_col, label_col, ... (reader overrides)
-    override: dict[str, Any] = field(default_factory=dict)  # model config fields (--set), e.g. dropout
-    device: str = "auto"
-    precision: str = "auto"
-    compile: bool = False
-    resume: bool = False
-    log_every: int = 10
-    keep_last: int = 1
-    progress: bool = True
 
 
 # --------------------------------------------------------------------------------------------
@@ -118,7 +72,7 @@ def load_backbone(s: FinetuneSettings) -> tuple[Any, Any]:
     """``--model`` loaded (a preset gets the tokenizer's size), with GPT-1's tokens added."""
     tokenizer = load_tokenizer(s.tokenizer)
     source = model_source(s.model)
-    overrides: dict[str, Any] = dict(s.override)
+    overrides: dict[str, Any] = dict(s.overrides)
     if source.fresh:
         if tokenizer is None:
             raise PretuneError("--tokenizer is required when --model is a preset or a config file")
@@ -208,9 +162,9 @@ class FinetuneRun:
     def __init__(self, s: FinetuneSettings) -> None:
         self.started = time.perf_counter()
         self.settings = s
-        self.dist = init_distributed(s.device)
-        seed_everything(s.seed)
-        self.recipe = get_recipe(s.task, **s.columns)
+        self.dist = init_distributed(s.trainer.device)
+        seed_everything(s.trainer.seed)
+        self.recipe = get_recipe(s.task, **s.columns.overrides())
         self.family = get_family(self.recipe.family)
         self.out = Path(s.out)
         if self.out.exists() and not self.out.is_dir():
@@ -230,7 +184,7 @@ class FinetuneRun:
         if s.validation:
             val = read_examples(recipe, s.validation, limit=s.limit)
         elif s.validation_split:
-            train, val = self.family.split(train, s.validation_split, s.seed)
+            train, val = self.family.split(train, s.validation_split, s.trainer.seed)
         else:
             raise PretuneError("--validation FILE (or --validation-split FRACTION of --train) is required")
         if not self.family.is_labelled(val):
@@ -256,23 +210,20 @@ class FinetuneRun:
     def _build_trainer(self, new_prefixes: tuple[str, ...]) -> None:
         s, d = self.settings, self.dist
         self.batches = FinetuneBatches(
-            self.train_features.features, s.batch_size, self.collate, seed=s.seed, rank=d.rank,
+            self.train_features.features, s.batch_size, self.collate, seed=s.trainer.seed, rank=d.rank,
             world_size=d.world_size, group_by_length=s.group_by_length,
         )
-        self.steps_per_epoch = max(1, len(self.batches) // s.grad_accum)
+        self.steps_per_epoch = max(1, len(self.batches) // s.trainer.grad_accum)
         max_steps = max(1, math.ceil(s.epochs * self.steps_per_epoch))
         self.eval_batch_size = s.eval_batch_size or 2 * s.batch_size
-        self.best: dict[str, Any] = _read_best(self.out) if s.resume else {"value": None, "step": 0, "bad": 0}
+        run = s.trainer
+        self.best: dict[str, Any] = _read_best(self.out) if run.resume else {"value": None, "step": 0, "bad": 0}
         # Discriminative learning rates: the body at --lr (layer-decayed), new layers at --head-lr.
-        groups = param_groups(self.model, s.lr, s.weight_decay, head_lr=s.head_lr, head_prefixes=new_prefixes,
+        groups = param_groups(self.model, run.lr, run.weight_decay, head_lr=s.head_lr, head_prefixes=new_prefixes,
                               layer_decay=s.layer_decay)
-        tcfg = TrainConfig(
-            out_dir=self.out, max_steps=max_steps, lr=s.lr, warmup_steps=int(s.warmup_ratio * max_steps),
-            schedule=s.schedule, weight_decay=s.weight_decay, grad_clip=s.grad_clip, grad_accum=s.grad_accum,
-            log_every=s.log_every, eval_every=self.steps_per_epoch, save_every=self.steps_per_epoch,
-            keep_last=s.keep_last, seed=s.seed, device=s.device, precision=s.precision, compile=s.compile,
-            resume=s.resume, progress=s.progress, desc=f"finetune {self.recipe.name}",
-        )
+        run = dataclasses.replace(run, warmup_steps=int(s.warmup_ratio * max_steps), eval_every=self.steps_per_epoch,
+                                  save_every=self.steps_per_epoch)
+        tcfg = TrainConfig(out_dir=self.out, max_steps=max_steps, run=run, desc=f"finetune {self.recipe.name}")
         self.trainer = Trainer(self.model, tcfg, self.batches, groups=groups, eval_fn=self.eval_fn,
                                on_eval=self.on_eval, dist_info=d)
 
@@ -281,7 +232,7 @@ class FinetuneRun:
     def evaluate_split(self, model: nn.Module, examples: Sequence[Any], fs: FeatureSet, desc: str,
                        precision: str) -> dict[str, float | None]:
         logits = run_model(model, fs.features, self.collate, self.eval_batch_size, precision=precision, desc=desc,
-                           progress=self.settings.progress)
+                           progress=self.settings.trainer.progress)
         return self.family.score(self.spec, examples, self.family.decode(self.spec, examples, fs, logits))
 
     def eval_fn(self, model: nn.Module) -> dict[str, float | None]:

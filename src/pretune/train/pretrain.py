@@ -9,9 +9,10 @@ model directory (config.json, model.safetensors, tokenizer files) plus ``metrics
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -27,59 +28,15 @@ from pretune.io import write_json
 from pretune.report import plot_training
 from pretune.tokenizer import Tokenizer
 from pretune.train.distributed import init_distributed
+from pretune.train.settings import PretrainSettings
 from pretune.train.trainer import TrainConfig, Trainer, seed_everything
-
-
-@dataclass
-class PretrainSettings:
-    """Everything ``pretune pretrain`` takes (flag names with dashes become underscores)."""
-
-    model: str
-    data: list[str]
-    out: str
-    tokenizer: str | None = None
-    max_steps: int = 1000
-    batch_size: int = 32
-    seq_len: int = 128
-    lr: float = 1e-4
-    warmup_steps: int = 100
-    schedule: str | None = None  # default: linear for BERT, cosine for GPT (as in the papers)
-    weight_decay: float = 0.01
-    grad_clip: float = 1.0
-    grad_accum: int = 1
-    save_every: int = 0
-    eval_every: int = 0
-    log_every: int = 10
-    eval_batches: int = 20
-    keep_last: int = 2
-    seed: int = 0
-    resume: bool = False
-    no_nsp: bool = False
-    whole_word_mask: bool = False
-    static_masking: bool = False
-    dupe_factor: int = 5
-    mask_prob: float = 0.15
-    max_predictions: int | None = None
-    short_seq_prob: float = 0.1
-    val_fraction: float = 0.01
-    skip_bad_lines: bool = False
-    cache_dir: str | None = None
-    device: str = "auto"
-    precision: str = "auto"
-    compile: bool = False
-    fsdp: bool = False
-    time_budget_s: float = 0.0
-    workers: int | None = None
-    output_bias: str = "unigram"  # fresh BERT: MLM output bias = log unigram frequencies (or "zero")
-    progress: bool = True
-    override: dict[str, Any] = field(default_factory=dict)  # model config fields
 
 
 def build(s: PretrainSettings) -> tuple[nn.Module, Tokenizer]:
     """The model to pretrain (fresh from a preset/config, or continued from a directory) and its tokenizer."""
     tokenizer = load_tokenizer(s.tokenizer)
     source = model_source(s.model)
-    overrides = dict(s.override)
+    overrides = dict(s.overrides)
     if source.fresh:
         if tokenizer is None:
             raise PretuneError("--tokenizer is required when --model is a preset or config file")
@@ -103,7 +60,7 @@ def build(s: PretrainSettings) -> tuple[nn.Module, Tokenizer]:
             f"--seq-len {s.seq_len} is longer than the model's max_positions ({loaded.config.max_positions})"
         )
     model = loaded.model
-    if family == "bert" and s.no_nsp:
+    if family == "bert" and not s.masking.nsp:
         # masked LM only: the pooler and the NSP head would get no gradient (and DDP would refuse them)
         model.pooler, model.nsp = None, None
     return model, tokenizer
@@ -140,74 +97,62 @@ def _gpt_eval(batches: list[dict[str, Any]], device: torch.device):
     return evaluate
 
 
+def _streams(s: PretrainSettings, family: str, corpus: PreparedCorpus, tokenizer: Tokenizer, d: Any) -> tuple[Any, list, Any]:
+    """The training batch stream, the fixed held-out batches and their evaluation function."""
+    if s.batch_size % d.world_size:
+        raise PretuneError(f"--batch-size {s.batch_size} must be divisible by the number of processes ({d.world_size})")
+    seed = s.trainer.seed
+    if family == "bert":
+        icfg = BertInstanceConfig(seq_len=s.seq_len, **dataclasses.asdict(s.masking))
+        stream = BertPretrainingStream(corpus, "train", tokenizer, icfg, s.batch_size, seed, d.rank, d.world_size)
+        held_out = BertPretrainingStream.eval_batches(corpus, tokenizer, icfg, s.batch_size, s.eval_batches)
+        return stream, held_out, _bert_eval
+    stream = GPTPretrainingStream(corpus, "train", s.seq_len, s.batch_size, seed, d.rank, d.world_size)
+    held_out = GPTPretrainingStream.eval_batches(corpus, s.seq_len, s.batch_size, s.eval_batches)
+    return stream, held_out, _gpt_eval
+
+
 def pretrain(s: PretrainSettings) -> dict[str, Any]:
     """Run pretraining; returns the summary also written to ``pretrain_results.json``."""
-    d = init_distributed(s.device)
-    seed_everything(s.seed)
+    run = s.trainer
+    d = init_distributed(run.device)
+    seed_everything(run.seed)
     model, tokenizer = build(s)
     family = model.cfg.family
     out = Path(s.out)
     if out.exists() and not out.is_dir():
         raise PretuneError(f"--out {out}: exists and is not a directory")
     t0 = time.perf_counter()
-    cache_root = Path(s.cache_dir) if s.cache_dir else out / "data-cache"
     corpus = prepare_corpus(
-        s.data, tokenizer, cache_root, mode=family, val_fraction=s.val_fraction,
-        skip_bad_lines=s.skip_bad_lines, workers=s.workers, progress=s.progress and d.main,
+        s.data, tokenizer, Path(s.cache_dir) if s.cache_dir else out / "data-cache", mode=family,
+        val_fraction=s.val_fraction, skip_bad_lines=s.skip_bad_lines, workers=s.workers, progress=run.progress and d.main,
     )
     prep_s = time.perf_counter() - t0
     if family == "bert" and model_source(s.model).fresh:
         init_output_bias(model, corpus, s.output_bias)
-    if s.batch_size % d.world_size:
-        raise PretuneError(f"--batch-size {s.batch_size} must be divisible by the number of processes ({d.world_size})")
-    if family == "bert":
-        icfg = BertInstanceConfig(
-            seq_len=s.seq_len, short_seq_prob=s.short_seq_prob, nsp=not s.no_nsp, mask_prob=s.mask_prob,
-            max_predictions=s.max_predictions, whole_word_mask=s.whole_word_mask,
-            dynamic_masking=not s.static_masking, dupe_factor=s.dupe_factor,
-        )
-        stream = BertPretrainingStream(corpus, "train", tokenizer, icfg, s.batch_size, s.seed, d.rank, d.world_size)
-        eval_batches = BertPretrainingStream.eval_batches(corpus, tokenizer, icfg, s.batch_size, s.eval_batches)
-        make_eval = _bert_eval
-    else:
-        stream = GPTPretrainingStream(corpus, "train", s.seq_len, s.batch_size, s.seed, d.rank, d.world_size)
-        eval_batches = GPTPretrainingStream.eval_batches(corpus, s.seq_len, s.batch_size, s.eval_batches)
-        make_eval = _gpt_eval
-    tcfg = TrainConfig(
-        out_dir=out, max_steps=s.max_steps, lr=s.lr, warmup_steps=s.warmup_steps,
-        schedule=s.schedule or ("linear" if family == "bert" else "cosine"),
-        weight_decay=s.weight_decay, grad_clip=s.grad_clip, grad_accum=s.grad_accum,
-        log_every=s.log_every, eval_every=s.eval_every, save_every=s.save_every, keep_last=s.keep_last,
-        seed=s.seed, device=s.device, precision=s.precision, compile=s.compile, resume=s.resume,
-        progress=s.progress, desc=f"pretrain {family}", fsdp=s.fsdp, time_budget_s=s.time_budget_s,
-    )
+    stream, held_out, make_eval = _streams(s, family, corpus, tokenizer, d)
+    schedule = run.schedule or ("linear" if family == "bert" else "cosine")
+    tcfg = TrainConfig(out_dir=out, max_steps=s.max_steps, run=dataclasses.replace(run, schedule=schedule),
+                       desc=f"pretrain {family}")
     trainer = Trainer(model, tcfg, stream, dist_info=d)
-    device = trainer.device
-    trainer.eval_fn = make_eval(eval_batches, device)  # held-out batches, moved to the device per use
-    before = trainer.evaluate() if d.main and not (s.resume and trainer_has_checkpoint(out)) else None
+    trainer.eval_fn = make_eval(held_out, trainer.device)  # held-out batches, moved to the device per use
+    before = trainer.evaluate() if d.main and not (run.resume and trainer_has_checkpoint(out)) else None
     t1 = time.perf_counter()
     history = trainer.fit()
-    train_s = time.perf_counter() - t1
-    summary: dict[str, Any] = {}
-    if d.main:
-        save_model(out, trainer.unwrapped, tokenizer)
-        plot_training(history, out / "loss.png", title=f"pretraining {family}")
-        rates = [r["tokens_per_s"] for r in history if "tokens_per_s" in r]
-        final_eval = {k: v for r in history for k, v in r.items() if k.startswith("val_")}
-        summary = {
-            "family": family,
-            "model": asdict(model.cfg),
-            "steps": trainer.step,
-            "train_seconds": round(train_s, 1),
-            "prepare_seconds": round(prep_s, 1),
-            "tokens_per_s": round(sum(rates) / len(rates), 1) if rates else None,
-            "train_tokens": corpus.num_tokens("train"),
-            "eval_at_start": before,
-            "eval_at_end": final_eval,
-            "world_size": d.world_size,
-            "device": str(device),
-        }
-        write_json(out / "pretrain_results.json", summary)
+    if not d.main:
+        return {}
+    save_model(out, trainer.unwrapped, tokenizer)
+    plot_training(history, out / "loss.png", title=f"pretraining {family}")
+    rates = [r["tokens_per_s"] for r in history if "tokens_per_s" in r]
+    summary = {
+        "family": family, "model": asdict(model.cfg), "steps": trainer.step,
+        "train_seconds": round(time.perf_counter() - t1, 1), "prepare_seconds": round(prep_s, 1),
+        "tokens_per_s": round(sum(rates) / len(rates), 1) if rates else None,
+        "train_tokens": corpus.num_tokens("train"), "eval_at_start": before,
+        "eval_at_end": {k: v for r in history for k, v in r.items() if k.startswith("val_")},
+        "world_size": d.world_size, "device": str(trainer.device), "precision": trainer.precision,
+    }
+    write_json(out / "pretrain_results.json", summary)
     return summary
 
 

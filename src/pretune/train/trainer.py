@@ -3,10 +3,10 @@
 The trainer knows nothing about BERT or GPT: it is given a model, an endless iterable of batches
 (dicts of tensors) and a ``step_fn`` that returns an object with a ``.loss``. It owns the
 optimizer (AdamW, decoupled weight decay except on biases, LayerNorm and position/segment
-embeddings), the warmup-then-decay schedule, gradient accumulation and clipping, bf16 autocast
-on CUDA, optional ``torch.compile``, DistributedDataParallel under ``torchrun``, periodic
-evaluation, atomic checkpoints and exact resumption (model, optimizer, schedule, every RNG and
-the data position).
+embeddings), the warmup-then-decay schedule, gradient accumulation and clipping, autocast,
+optional ``torch.compile``, DistributedDataParallel under ``torchrun``, periodic evaluation,
+atomic checkpoints and exact resumption (model, optimizer, schedule, every RNG, the data position
+and the time already spent).
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ from pretune.errors import PretuneError
 from pretune.io import atomic_dir
 from pretune.precision import autocast, resolve_precision
 from pretune.train.distributed import Dist, init_distributed, resolve_device, unwrap
+from pretune.train.settings import TrainSettings
 
 CHECKPOINTS = "checkpoints"
 METRICS = "metrics.jsonl"
@@ -42,43 +43,36 @@ METRICS = "metrics.jsonl"
 
 @dataclass
 class TrainConfig:
+    """A training run: where it writes, how many steps, and the user's settings for it."""
+
     out_dir: Path
     max_steps: int
-    lr: float = 1e-4
-    warmup_steps: int = 0
-    schedule: str = "linear"  # linear | cosine | constant (after warmup)
-    weight_decay: float = 0.01
+    run: TrainSettings = field(default_factory=TrainSettings)
+    desc: str = "train"
+    prefetch: int = 2  # batches prepared ahead on a background thread (0: in the loop)
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-6
-    grad_clip: float = 1.0  # 0 = off
-    grad_accum: int = 1
-    log_every: int = 10
-    eval_every: int = 0  # 0 = only at the end (when an eval_fn is given)
-    save_every: int = 0  # 0 = only at the end
-    keep_last: int = 2
-    seed: int = 0
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-    precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16
-    compile: bool = False
-    resume: bool = False
-    progress: bool = True
-    desc: str = "train"
-    fsdp: bool = False
-    time_budget_s: float = 0.0  # > 0: stop (and save) once training has run this long
-    prefetch: int = 2  # batches prepared ahead on a background thread (0: in the loop)
-    extra: dict[str, Any] = field(default_factory=dict)  # recorded in the checkpoint, not used
+
+    @classmethod
+    def make(cls, out_dir: str | Path, max_steps: int, *, desc: str = "train", prefetch: int = 2, **run: Any) -> TrainConfig:
+        """A config from ``TrainSettings`` fields given by name (for code and tests)."""
+        return cls(Path(out_dir), max_steps, TrainSettings(**run), desc=desc, prefetch=prefetch)
 
     def __post_init__(self) -> None:
         self.out_dir = Path(self.out_dir)
-        if self.schedule not in ("linear", "cosine", "constant"):
-            raise PretuneError(f"--schedule must be linear, cosine or constant, got {self.schedule!r}")
-        if self.precision not in ("auto", "fp32", "bf16"):
-            raise PretuneError(f"--precision must be auto, fp32 or bf16, got {self.precision!r}")
-        for name in ("max_steps", "grad_accum"):
-            if int(getattr(self, name)) < 1:
-                raise PretuneError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
-        if self.lr <= 0:
-            raise PretuneError(f"--lr must be positive, got {self.lr}")
+        r = self.run
+        if r.schedule not in (None, "linear", "cosine", "constant"):
+            raise PretuneError(f"--schedule must be linear, cosine or constant, got {r.schedule!r}")
+        for flag, value in (("--max-steps", self.max_steps), ("--grad-accum", r.grad_accum), ("--keep-last", r.keep_last),
+                            ("--log-every", r.log_every)):
+            if int(value) < 1:
+                raise PretuneError(f"{flag} must be at least 1, got {value}")
+        for flag, value in (("--eval-every", r.eval_every), ("--save-every", r.save_every), ("--warmup-steps", r.warmup_steps),
+                            ("--time-budget", r.time_budget_s), ("--grad-clip", r.grad_clip), ("--weight-decay", r.weight_decay)):
+            if value < 0:
+                raise PretuneError(f"{flag} must be >= 0, got {value}")
+        if r.lr <= 0:
+            raise PretuneError(f"--lr must be positive, got {r.lr}")
 
 
 # --- optimizer and schedule ----------------------------------------------------------------------
@@ -132,13 +126,14 @@ def param_groups(
 
 
 def build_optimizer(groups: list[dict[str, Any]], cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
+    """AdamW over the parameter groups, fused on CUDA and CPU."""
     clean = [{k: v for k, v in g.items() if k != "names"} for g in groups]
     for g in clean:
         g["initial_lr"] = g["lr"]
     # One fused kernel for all parameters (CUDA and CPU); the per-tensor loop costs more than the
     # whole transformer body of the small models on a CPU.
     fused = device.type in ("cuda", "cpu")
-    return torch.optim.AdamW(clean, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, fused=fused or None)
+    return torch.optim.AdamW(clean, lr=cfg.run.lr, betas=cfg.betas, eps=cfg.eps, fused=fused or None)
 
 
 def lr_factor(step: int, cfg: TrainConfig, time_fraction: float = 0.0) -> float:
@@ -147,13 +142,14 @@ def lr_factor(step: int, cfg: TrainConfig, time_fraction: float = 0.0) -> float:
     Under a time budget the decay follows whichever is further along: the steps or the clock
     (``time_fraction`` of the budget spent), so a run cut by time still ends at a low rate.
     """
-    if cfg.warmup_steps and step < cfg.warmup_steps:
-        return (step + 1) / cfg.warmup_steps
-    if cfg.schedule == "constant":
+    warmup, schedule = cfg.run.warmup_steps, cfg.run.schedule or "linear"
+    if warmup and step < warmup:
+        return (step + 1) / warmup
+    if schedule == "constant":
         return 1.0
-    span = max(1, cfg.max_steps - cfg.warmup_steps)
-    progress = min(1.0, max((step - cfg.warmup_steps) / span, time_fraction))
-    if cfg.schedule == "cosine":
+    span = max(1, cfg.max_steps - warmup)
+    progress = min(1.0, max((step - warmup) / span, time_fraction))
+    if schedule == "cosine":
         return 0.5 * (1.0 + math.cos(math.pi * progress))
     return 1.0 - progress
 
@@ -194,6 +190,16 @@ def checkpoint_dirs(out_dir: Path) -> list[Path]:
     return sorted(found, key=lambda p: int(p.name.split("-")[1]))
 
 
+class _Window:
+    """What the log reports since the last record: summed loss, micro-batches, tokens, time."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.loss = torch.zeros((), device=device)
+        self.count = 0
+        self.tokens = 0
+        self.started = time.perf_counter()
+
+
 class Trainer:
     """Runs ``max_steps`` optimizer steps of ``step_fn`` over ``train_batches``."""
 
@@ -210,23 +216,21 @@ class Trainer:
         dist_info: Dist | None = None,
     ) -> None:
         self.cfg = cfg
-        self.dist = dist_info or init_distributed(cfg.device)
-        self.device = resolve_device(cfg.device, self.dist)
+        run = cfg.run
+        self.dist = dist_info or init_distributed(run.device)
+        self.device = resolve_device(run.device, self.dist)
         self.model = model.to(self.device)
         # Batches are built (and pinned, for a GPU) on a background thread while the model trains.
-        self.batches = (
-            Prefetcher(train_batches, cfg.prefetch, pin_memory=self.device.type == "cuda") if cfg.prefetch else train_batches
-        )
+        pin = self.device.type == "cuda"
+        self.batches = Prefetcher(train_batches, cfg.prefetch, pin_memory=pin) if cfg.prefetch else train_batches
         self.step_fn = step_fn or (lambda m, b: m(**b))
         self.eval_fn = eval_fn
         self.on_eval = on_eval
-        self.groups = groups if groups is not None else param_groups(model, cfg.lr, cfg.weight_decay)
+        self.groups = groups if groups is not None else param_groups(model, run.lr, run.weight_decay)
         self.optimizer = build_optimizer(self.groups, cfg, self.device)
-        self._elapsed = 0.0  # seconds of training, the same on every rank; drives a time budget
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda s: lr_factor(s, cfg, self._time_fraction())
-        )
-        self.precision = resolve_precision(cfg.precision, self.device)
+        self.elapsed = 0.0  # seconds of training, the same on every rank; drives a time budget
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: lr_factor(s, cfg, self._time_fraction()))
+        self.precision = resolve_precision(run.precision, self.device)
         self.step = 0
         self.history: list[dict[str, Any]] = []
         self._writer = None
@@ -236,7 +240,7 @@ class Trainer:
     def _wrap(self, model: nn.Module) -> nn.Module:
         wrapped = model
         if self.dist.enabled:
-            if self.cfg.fsdp:
+            if self.cfg.run.fsdp:
                 from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
 
                 wrapped = FSDP(model, device_id=self.device if self.device.type == "cuda" else None, use_orig_params=True)
@@ -245,18 +249,20 @@ class Trainer:
 
                 ids = [self.device.index] if self.device.type == "cuda" else None
                 wrapped = DDP(model, device_ids=ids, find_unused_parameters=False)
-        if self.cfg.compile:
+        if self.cfg.run.compile:
             wrapped = torch.compile(wrapped)
         return wrapped
 
     def _time_fraction(self) -> float:
-        return self._elapsed / self.cfg.time_budget_s if self.cfg.time_budget_s else 0.0
+        budget = self.cfg.run.time_budget_s
+        return self.elapsed / budget if budget else 0.0
 
-    def _shared_elapsed(self, started: float) -> float:
-        """Seconds since ``started`` as rank 0 measured them (so every rank decides alike)."""
+    def _shared_elapsed(self, since: float, before: float) -> float:
+        """Training seconds so far (``before`` from earlier runs) as rank 0 measured them."""
+        now = before + time.perf_counter() - since
         if not self.dist.enabled:
-            return time.perf_counter() - started  # one process: no tensor, no device sync per step
-        value = torch.tensor([time.perf_counter() - started], dtype=torch.float64, device=self.device)
+            return now  # one process: no tensor, no device sync per step
+        value = torch.tensor([now], dtype=torch.float64, device=self.device)
         dist.broadcast(value, 0)
         return float(value.item())
 
@@ -266,33 +272,28 @@ class Trainer:
 
     # --- checkpointing ---------------------------------------------------------------------
 
-    def save_checkpoint(self) -> Path | None:
-        """Write ``checkpoints/step-N`` atomically and keep the last ``keep_last``."""
-        data_state = self.batches.state_dict() if hasattr(self.batches, "state_dict") else None
-        if self.cfg.fsdp and self.dist.enabled:
+    def _full_state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        if self.cfg.run.fsdp and self.dist.enabled:
             from torch.distributed.fsdp import FullStateDictConfig, StateDictType
             from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
 
             with FSDP.state_dict_type(
                 self.train_model, StateDictType.FULL_STATE_DICT, FullStateDictConfig(offload_to_cpu=True, rank0_only=True)
             ):
-                model_state = self.train_model.state_dict()
-                optim_state = FSDP.optim_state_dict(self.train_model, self.optimizer)
-        else:
-            model_state = state_dict_for_saving(self.unwrapped)
-            optim_state = self.optimizer.state_dict()
+                return self.train_model.state_dict(), FSDP.optim_state_dict(self.train_model, self.optimizer)
+        return state_dict_for_saving(self.unwrapped), self.optimizer.state_dict()
+
+    def save_checkpoint(self) -> Path | None:
+        """Write ``checkpoints/step-N`` atomically and keep the last ``keep_last``."""
+        data_state = self.batches.state_dict() if hasattr(self.batches, "state_dict") else None
+        model_state, optim_state = self._full_state()
         if not self.dist.main:
             return None
-        root = self.cfg.out_dir / CHECKPOINTS
-        target = root / f"step-{self.step}"
+        target = self.cfg.out_dir / CHECKPOINTS / f"step-{self.step}"
         state = {
-            "step": self.step,
-            "optimizer": optim_state,
-            "scheduler": self.scheduler.state_dict(),
-            "rng": rng_state(),
-            "data": data_state,
-            "history_len": len(self.history),
-            "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self.cfg).items()},
+            "step": self.step, "optimizer": optim_state, "scheduler": self.scheduler.state_dict(), "rng": rng_state(),
+            "data": data_state, "history_len": len(self.history), "elapsed": self.elapsed,
+            "config": json.loads(json.dumps(asdict(self.cfg), default=str)),
         }
         try:
             with atomic_dir(target) as tmp:
@@ -302,7 +303,7 @@ class Trainer:
             previous = checkpoint_dirs(self.cfg.out_dir)
             keep = f"; the previous checkpoint {previous[-1]} is intact" if previous else ""
             raise PretuneError(f"could not save checkpoint {target}: {exc.strerror or exc}{keep}") from None
-        for old in checkpoint_dirs(self.cfg.out_dir)[: -self.cfg.keep_last]:
+        for old in checkpoint_dirs(self.cfg.out_dir)[: -self.cfg.run.keep_last]:
             shutil.rmtree(old, ignore_errors=True)
         return target
 
@@ -311,7 +312,7 @@ class Trainer:
         state = torch.load(path / "trainer_state.pt", map_location="cpu", weights_only=False)
         weights = load_file(str(path / "model.safetensors"), device="cpu")
         self.unwrapped.load_state_dict(weights, strict=True)
-        if self.cfg.fsdp and self.dist.enabled:
+        if self.cfg.run.fsdp and self.dist.enabled:
             from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
 
             optim_state = FSDP.optim_state_dict_to_load(self.train_model, self.optimizer, state["optimizer"])
@@ -323,6 +324,7 @@ class Trainer:
         if state["data"] is not None:
             self.batches.load_state_dict(state["data"])
         self.step = int(state["step"])
+        self.elapsed = float(state.get("elapsed", 0.0))
         self._truncate_metrics(self.step)
 
     def _truncate_metrics(self, step: int) -> None:
@@ -362,7 +364,7 @@ class Trainer:
             value /= self.dist.world_size
         return value
 
-    # --- the loop --------------------------------------------------------------------------
+    # --- evaluation --------------------------------------------------------------------------
 
     def evaluate(self) -> dict[str, float]:
         if self.eval_fn is None:
@@ -370,20 +372,12 @@ class Trainer:
         model = self.unwrapped
         was_training = model.training
         model.eval()
-        with torch.no_grad(), self._autocast():
+        with torch.no_grad(), autocast(self.device, self.precision):
             metrics = self.eval_fn(model)
         model.train(was_training)
         return metrics
 
-    def _autocast(self):
-        return autocast(self.device, self.precision)
-
-    def _to_device(self, batch: dict[str, Any]) -> dict[str, Any]:
-        non_blocking = self.device.type == "cuda"
-        return {
-            k: (v.to(self.device, non_blocking=non_blocking) if isinstance(v, torch.Tensor) else v)
-            for k, v in batch.items()
-        }
+    # --- the loop ----------------------------------------------------------------------------
 
     def fit(self) -> list[dict[str, Any]]:
         """Train to ``max_steps`` (resuming first if asked) and return the log records."""
@@ -394,105 +388,131 @@ class Trainer:
                 self.batches.close()
 
     def _fit(self) -> list[dict[str, Any]]:
-        cfg = self.cfg
-        if self.dist.main:
-            cfg.out_dir.mkdir(parents=True, exist_ok=True)
-        if cfg.resume:
-            found = checkpoint_dirs(cfg.out_dir)
-            if found:
-                self.load_checkpoint(found[-1])
-        elif self.dist.main and (cfg.out_dir / METRICS).exists():
-            (cfg.out_dir / METRICS).unlink()
-        model = self.train_model
-        model.train()
+        self._start()
+        self.train_model.train()
         iterator: Iterator[dict[str, Any]] = iter(self.batches)
-        # Under a time budget the clock ends the run, so the bar counts seconds (its ETA is the
-        # budget's end); otherwise it counts steps.
-        by_time = bool(cfg.time_budget_s)
-        bar = tqdm(
-            total=round(cfg.time_budget_s) if by_time else cfg.max_steps, initial=0 if by_time else self.step,
-            desc=cfg.desc, unit="s" if by_time else "step",
-            disable=not (cfg.progress and self.dist.main), dynamic_ncols=True,
-        )
-        zero = torch.zeros((), device=self.device)
-        loss_sum, loss_count = zero.clone(), 0
+        bar = self._progress_bar()
+        window = _Window(self.device)
         bad_step = torch.full((), -1, device=self.device, dtype=torch.long)
-        tokens, t0 = 0, time.perf_counter()
-        started = t0
+        since, before = time.perf_counter(), self.elapsed
         stop = False
-        while self.step < cfg.max_steps and not stop:
-            for micro in range(cfg.grad_accum):
-                try:
-                    batch = next(iterator)
-                except StopIteration:
-                    raise PretuneError("the training data ran out before --max-steps; it must repeat (epochs)") from None
-                ids = batch.get("input_ids")
-                tokens += int(ids.numel()) if isinstance(ids, torch.Tensor) else 0
-                batch = self._to_device(batch)
-                sync = micro == cfg.grad_accum - 1 or not self.dist.enabled
-                ctx = model.no_sync() if (not sync and hasattr(model, "no_sync")) else nullcontext()
-                with ctx, self._autocast():
-                    loss = self.step_fn(model, batch).loss
-                (loss / cfg.grad_accum).backward()
-                loss_sum += loss.detach().float()
-                loss_count += 1
-                bad_step = torch.where((~torch.isfinite(loss.detach())) & (bad_step < 0), self.step + 1, bad_step)
-            if cfg.grad_clip:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            self.optimizer.step()
-            if cfg.time_budget_s:
-                self._elapsed = self._shared_elapsed(started)
-            self.scheduler.step()
-            self.optimizer.zero_grad(set_to_none=True)
+        while self.step < self.cfg.max_steps and not stop:
+            bad_step = self._train_step(iterator, window, bad_step)
+            if self.cfg.run.time_budget_s:
+                self.elapsed = self._shared_elapsed(since, before)
             self.step += 1
-            bar.update(min(int(self._elapsed), bar.total) - bar.n if by_time else 1)
-            out_of_time = bool(cfg.time_budget_s) and self._elapsed > cfg.time_budget_s
-            last = self.step == cfg.max_steps or out_of_time
-            stop = stop or out_of_time
-            do_log = self.step % cfg.log_every == 0 or last
-            do_eval = self.eval_fn is not None and ((cfg.eval_every and self.step % cfg.eval_every == 0) or last)
-            do_save = (cfg.save_every and self.step % cfg.save_every == 0) or last
-            if do_log or do_eval or do_save:
-                if int(bad_step) >= 0:  # a host sync only at these points
-                    good = checkpoint_dirs(cfg.out_dir)
-                    keep = f"; the last good checkpoint is {good[-1]}" if good else ""
-                    bar.close()
-                    raise PretuneError(
-                        f"the loss became non-finite at step {int(bad_step)}; lower --lr or check the data{keep}"
-                    )
-            if do_log:
-                elapsed = time.perf_counter() - t0
-                mean_loss = self._all_reduce_mean(loss_sum / max(loss_count, 1)).item()
-                record = {
-                    "step": self.step,
-                    "loss": mean_loss,
-                    "lr": self.scheduler.get_last_lr()[0],
-                    "tokens_per_s": tokens * self.dist.world_size / max(elapsed, 1e-9),
-                    "elapsed_s": elapsed,
-                }
-                bar.set_postfix(
-                    step=self.step, loss=f"{mean_loss:.4f}", lr=f"{record['lr']:.2e}", tok_s=f"{record['tokens_per_s']:.0f}"
-                )
-                loss_sum, loss_count, tokens, t0 = zero.clone(), 0, 0, time.perf_counter()
-            if do_eval:
-                metrics = self.evaluate() if self.dist.main else {}
-                if do_log:
-                    record.update(metrics)
-                else:
-                    record = {"step": self.step, **metrics}
-                if self.on_eval is not None and self.dist.main:
-                    stop = bool(self.on_eval(self.step, metrics)) or stop
-                if self.dist.enabled:
-                    flag = torch.tensor([int(stop)], device=self.device)
-                    dist.broadcast(flag, 0)
-                    stop = bool(flag.item())
-            if do_log or do_eval:
-                self.log(record)
-            if do_save or stop:
-                self.save_checkpoint()
-                if self.dist.enabled:
-                    dist.barrier()
+            self._advance_bar(bar)
+            stop, window = self._after_step(window, bad_step, bar)
         bar.close()
         if self._writer:
             self._writer.close()
         return self.history
+
+    def _start(self) -> None:
+        """Create the run directory and resume from its newest checkpoint (or start the log afresh)."""
+        out = self.cfg.out_dir
+        if self.dist.main:
+            out.mkdir(parents=True, exist_ok=True)
+        if self.cfg.run.resume:
+            found = checkpoint_dirs(out)
+            if found:
+                self.load_checkpoint(found[-1])
+        elif self.dist.main and (out / METRICS).exists():
+            (out / METRICS).unlink()
+
+    def _progress_bar(self) -> tqdm:
+        """Under a time budget the clock ends the run, so the bar counts seconds (its ETA is the
+        budget's end); otherwise it counts steps."""
+        budget = self.cfg.run.time_budget_s
+        return tqdm(
+            total=round(budget) if budget else self.cfg.max_steps, initial=round(self.elapsed) if budget else self.step,
+            desc=self.cfg.desc, unit="s" if budget else "step",
+            disable=not (self.cfg.run.progress and self.dist.main), dynamic_ncols=True,
+        )
+
+    def _advance_bar(self, bar: tqdm) -> None:
+        bar.update(min(int(self.elapsed), bar.total) - bar.n if self.cfg.run.time_budget_s else 1)
+
+    def _train_step(self, iterator: Iterator[dict[str, Any]], window: _Window, bad_step: torch.Tensor) -> torch.Tensor:
+        """One optimizer step over ``grad_accum`` micro-batches; returns the first non-finite step seen."""
+        run, model = self.cfg.run, self.train_model
+        for micro in range(run.grad_accum):
+            try:
+                batch = next(iterator)
+            except StopIteration:
+                raise PretuneError("the training data ran out before --max-steps; it must repeat (epochs)") from None
+            ids = batch.get("input_ids")
+            window.tokens += int(ids.numel()) if isinstance(ids, torch.Tensor) else 0
+            batch = self._to_device(batch)
+            sync = micro == run.grad_accum - 1 or not self.dist.enabled
+            with (nullcontext() if sync or not hasattr(model, "no_sync") else model.no_sync()), autocast(self.device, self.precision):
+                loss = self.step_fn(model, batch).loss
+            (loss / run.grad_accum).backward()
+            window.loss += loss.detach().float()
+            window.count += 1
+            bad_step = torch.where((~torch.isfinite(loss.detach())) & (bad_step < 0), self.step + 1, bad_step)
+        if run.grad_clip:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), run.grad_clip)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return bad_step
+
+    def _to_device(self, batch: dict[str, Any]) -> dict[str, Any]:
+        non_blocking = self.device.type == "cuda"
+        return {k: (v.to(self.device, non_blocking=non_blocking) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
+
+    def _after_step(self, window: _Window, bad_step: torch.Tensor, bar: tqdm) -> tuple[bool, _Window]:
+        """Log, evaluate and save when due; returns whether to stop, and the log window."""
+        run = self.cfg.run
+        out_of_time = bool(run.time_budget_s) and self.elapsed > run.time_budget_s
+        last = self.step == self.cfg.max_steps or out_of_time
+        do_log = self.step % run.log_every == 0 or last
+        do_eval = self.eval_fn is not None and ((run.eval_every and self.step % run.eval_every == 0) or last)
+        do_save = (run.save_every and self.step % run.save_every == 0) or last
+        if not (do_log or do_eval or do_save):
+            return False, window
+        self._check_finite(bad_step, bar)  # a host sync only at these points
+        record: dict[str, Any] = {"step": self.step}
+        if do_log:
+            record.update(self._log_record(window, bar))
+            window = _Window(self.device)
+        stop = out_of_time
+        if do_eval:
+            metrics, stop = self._evaluate_and_decide(stop)
+            record.update(metrics)
+        if do_log or do_eval:
+            self.log(record)
+        if do_save or stop:
+            self.save_checkpoint()
+            if self.dist.enabled:
+                dist.barrier()
+        return stop, window
+
+    def _check_finite(self, bad_step: torch.Tensor, bar: tqdm) -> None:
+        if int(bad_step) >= 0:
+            good = checkpoint_dirs(self.cfg.out_dir)
+            keep = f"; the last good checkpoint is {good[-1]}" if good else ""
+            bar.close()
+            raise PretuneError(f"the loss became non-finite at step {int(bad_step)}; lower --lr or check the data{keep}")
+
+    def _log_record(self, window: _Window, bar: tqdm) -> dict[str, Any]:
+        elapsed = time.perf_counter() - window.started
+        mean_loss = self._all_reduce_mean(window.loss / max(window.count, 1)).item()
+        record = {
+            "loss": mean_loss, "lr": self.scheduler.get_last_lr()[0],
+            "tokens_per_s": window.tokens * self.dist.world_size / max(elapsed, 1e-9), "elapsed_s": elapsed,
+        }
+        bar.set_postfix(step=self.step, loss=f"{mean_loss:.4f}", lr=f"{record['lr']:.2e}", tok_s=f"{record['tokens_per_s']:.0f}")
+        return record
+
+    def _evaluate_and_decide(self, stop: bool) -> tuple[dict[str, float], bool]:
+        """Evaluate (rank 0), let ``on_eval`` decide to stop, and tell every rank."""
+        metrics = self.evaluate() if self.dist.main else {}
+        if self.on_eval is not None and self.dist.main:
+            stop = bool(self.on_eval(self.step, metrics)) or stop
+        if self.dist.enabled:
+            flag = torch.tensor([int(stop)], device=self.device)
+            dist.broadcast(flag, 0)
+            stop = bool(flag.item())
+        return metrics, stop

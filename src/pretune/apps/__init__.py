@@ -1,0 +1,1 @@
+"""Applications built only from pretune's public library parts (the demo)."""

@@ -1,0 +1,102 @@
+"""What the pretrained models learned, measured: the "눈" example, GPT-1's zero-shot sentiment and
+its layers-transferred analysis (figure 2)."""
+
+from __future__ import annotations
+
+import itertools
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pretune.apps.demo.data import reviews
+from pretune.apps.demo.settings import DemoSettings
+from pretune.apps.demo.stages import finetune_stage
+from pretune.checkpoint import load_model
+from pretune.report import plot_lines, read_metrics
+from pretune.train.trainer import checkpoint_dirs
+
+# Senses of "눈" for the contextual-embedding example: snow and eye.
+SNOW = ["눈이 와서 너무 좋다", "밤새 눈이 내려 길이 하얗다", "겨울에는 눈이 많이 온다"]
+EYE = ["너의 눈이 너무 예쁘다", "그 배우는 눈이 정말 크다", "눈이 아파서 안과에 갔다"]
+
+# Zero-shot sentiment for GPT: which continuation does the language model find more likely?
+ZERO_SHOT = {"positive": " 최고의 영화", "negative": " 최악의 영화"}
+
+
+def contextual_embedding_table(model_dir: Path) -> dict[str, Any]:
+    """Cosine similarity between the vectors of "눈" in snow and eye sentences (final layer)."""
+    from pretune.embed import embed, word_vector
+
+    loaded = load_model(model_dir)
+    items = embed(loaded.model, loaded.tokenizer, SNOW + EYE)
+    vectors = [word_vector(item, "눈") for item in items]
+    senses = ["snow"] * len(SNOW) + ["eye"] * len(EYE)
+    n = len(vectors)
+    sim = [[torch.nn.functional.cosine_similarity(vectors[i], vectors[j], dim=0).item() for j in range(n)] for i in range(n)]
+    same = [sim[i][j] for i, j in itertools.combinations(range(n), 2) if senses[i] == senses[j]]
+    cross = [sim[i][j] for i, j in itertools.combinations(range(n), 2) if senses[i] != senses[j]]
+    return {
+        "sentences": SNOW + EYE, "senses": senses, "tokens": [item.tokens for item in items], "cosine": sim,
+        "same_sense_mean": sum(same) / len(same), "cross_sense_mean": sum(cross) / len(cross),
+    }
+
+
+@torch.no_grad()
+def continuation_logprob(model: torch.nn.Module, prefix: list[int], continuation: list[int]) -> float:
+    """log p(continuation | prefix) from the model's own language-model loss."""
+    ids = torch.tensor([prefix + continuation])
+    labels = torch.tensor([[-100] * len(prefix) + continuation])
+    return -float(model(ids, labels=labels).loss) * len(continuation)
+
+
+@torch.no_grad()
+def zero_shot_accuracy(model_dir: Path, test_tsv: Path, limit: int = 500) -> float:
+    """Sentiment from the pretrained GPT alone: the more likely continuation wins."""
+    loaded = load_model(model_dir)
+    model, tok = loaded.model.eval(), loaded.tokenizer
+    rows = reviews(test_tsv)[:limit]
+    cont = {k: tok.encode(v) for k, v in ZERO_SHOT.items()}
+    correct = 0
+    for e in rows:
+        prefix = tok.encode(e.text)[: model.cfg.max_positions - 8]
+        scores = {k: continuation_logprob(model, prefix, ids) for k, ids in cont.items()}
+        correct += ("1" if scores["positive"] > scores["negative"] else "0") == e.label
+    return correct / max(len(rows), 1)
+
+
+def _checkpoint_as_model(gpt_dir: Path, ckpt: Path, target: Path) -> Path:
+    """A model directory of a pretraining checkpoint: its weights with the run's config and tokenizer."""
+    if not target.exists():
+        target.mkdir(parents=True)
+        for f in gpt_dir.iterdir():
+            if f.is_file() and (f.suffix == ".json" and f.name != "pretrain_results.json" or f.name == "merges.txt"):
+                shutil.copyfile(f, target / f.name)
+        shutil.copyfile(ckpt / "model.safetensors", target / "model.safetensors")
+    return target
+
+
+def gpt_analysis(gpt_dir: Path, splits: dict[str, Any], out: Path, s: DemoSettings, runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Accuracy against layers transferred (0..L) and zero-shot accuracy against pretraining steps.
+
+    The transfer runs use the learning rate the pretrained GPT chose on validation at that budget.
+    """
+    n_layers = load_model(gpt_dir).config.n_layers
+    labels = 2000 if 2000 in splits["budgets"] else s.budgets[0]
+    lr = next(r["lr"] for r in runs if (r["model"], r["init"], r["labels"]) == ("gpt", "pretrained", labels))
+    layers = {k: finetune_stage(str(gpt_dir), None, splits, labels, out / "analysis" / f"transfer-{k}", s, lr,
+                                transfer_layers=k)["test"]["accuracy"] for k in range(n_layers + 1)}
+    plot_lines({"gpt": (list(layers), list(layers.values()))}, out / "layers_transferred.png",
+               title=f"NSMC accuracy vs layers transferred ({labels:,} labels)", xlabel="layers transferred", ylabel="accuracy")
+    zero: dict[int, float] = {}
+    for ckpt in checkpoint_dirs(gpt_dir):
+        step = int(ckpt.name.split("-")[1])
+        zero[step] = zero_shot_accuracy(_checkpoint_as_model(gpt_dir, ckpt, out / "analysis" / f"zero-shot-{ckpt.name}"), splits["test"])
+    zero[int(read_metrics(gpt_dir / "metrics.jsonl")[-1]["step"])] = zero_shot_accuracy(gpt_dir, splits["test"])
+    plot_lines({"gpt zero-shot": (list(zero), list(zero.values()))}, out / "zero_shot.png",
+               title="zero-shot sentiment vs pretraining steps", xlabel="pretraining step", ylabel="accuracy")
+    return {"layers_transferred": layers, "zero_shot": dict(sorted(zero.items())), "labels": labels}
+
+
+__all__ = ["EYE", "SNOW", "ZERO_SHOT", "contextual_embedding_table", "gpt_analysis", "zero_shot_accuracy"]

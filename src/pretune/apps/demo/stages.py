@@ -1,0 +1,122 @@
+"""The demo's stages, each a call of the library: tokenizer, pretraining, fine-tuning."""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+from pathlib import Path
+from typing import Any
+
+from pretune.apps.demo.data import corpus_slice
+from pretune.apps.demo.settings import DemoSettings, epochs_for
+from pretune.errors import PretuneError
+from pretune.io import atomic_dir
+from pretune.train.settings import Columns, FinetuneSettings, MaskingSettings, PretrainSettings, TrainSettings
+
+
+def demo_precision(s: DemoSettings) -> str:
+    """The precision the demo trains in: ``s.precision`` resolved by the library's one rule."""
+    from pretune import precision
+    from pretune.train.distributed import resolve_device
+
+    return precision.resolve_precision(s.precision, resolve_device(s.device))
+
+
+def tokenizer_stage(kind: str, corpus: Path, out: Path, s: DemoSettings) -> Path:
+    """A WordPiece (BERT) or byte-level BPE (GPT) tokenizer trained on the start of the corpus."""
+    from pretune.tokenizer import train_tokenizer
+
+    target = out / ("tokenizer" if kind == "wordpiece" else "tokenizer-bpe")
+    if (target / "tokenizer.json").is_file() and not s.fresh:
+        print(f"reusing {target}")
+        return target
+    sample = corpus_slice(corpus, out / "work", s.tokenizer_lines)
+    tok = train_tokenizer([sample], kind, s.vocab_size, lowercase=False, show_progress=s.progress)
+    with atomic_dir(target) as tmp:
+        tok.save(tmp)
+    print(f"{kind} vocabulary: {tok.vocab_size} tokens; '눈이 와서 너무 좋다' -> {tok.tokenize('눈이 와서 너무 좋다')}")
+    return target
+
+
+def pretrain_stage(kind: str, corpus: Path, tokenizer_dir: Path, out: Path, seconds: float, s: DemoSettings) -> Path:
+    """Pretrain the BERT (or GPT) for ``seconds``; a finished run in ``out`` is reused unless --fresh."""
+    from pretune.train.pretrain import pretrain
+
+    run_dir = out / f"pretrain-{kind}"
+    if (run_dir / "pretrain_results.json").is_file() and not s.fresh:
+        print(f"reusing {run_dir}")
+        return run_dir
+    shutil.rmtree(run_dir, ignore_errors=True)
+    analysis = kind == "gpt" and s.analysis  # the zero-shot analysis reads the GPT's checkpoints along the way
+    trainer = TrainSettings(
+        lr=s.pretrain_lr, warmup_steps=s.pretrain_warmup, log_every=10, seed=s.seed, device=s.device,
+        precision=demo_precision(s), time_budget_s=seconds, progress=s.progress,
+        save_every=s.analysis_save_every if analysis else 0, keep_last=1_000_000 if analysis else 1,
+    )
+    pretrain(PretrainSettings(
+        model=s.model if kind == "bert" else s.gpt_model, tokenizer=str(tokenizer_dir), data=[str(corpus)],
+        out=str(run_dir), max_steps=1_000_000,  # the time budget ends the run; the schedule follows the clock
+        batch_size=s.pretrain_batch, seq_len=s.seq_len, cache_dir=str(out / "data-cache"),
+        masking=MaskingSettings(mask_prob=s.mask_prob), trainer=trainer,
+        overrides={"max_positions": max(s.seq_len, s.finetune_seq_len), "dropout": s.pretrain_dropout,
+                   "attn_dropout": s.pretrain_dropout},
+    ))
+    return run_dir
+
+
+def finetune_stage(model: str, tokenizer_dir: Path | None, splits: dict[str, Any], labels: int, out: Path,
+                   s: DemoSettings, lr: float, **extra: Any) -> dict[str, Any]:
+    """Fine-tune ``model`` on NSMC at learning rate ``lr`` with the demo's other settings (the same
+    for every run); ``extra`` adds FinetuneSettings fields (the GPT analysis's ``transfer_layers``).
+    With no ``tokenizer_dir`` the model directory's own tokenizer is used."""
+    from pretune.train import finetune as ft
+
+    trainer = dataclasses.replace(
+        FinetuneSettings().trainer, lr=lr, seed=s.seed, device=s.device, precision=demo_precision(s),
+        progress=s.progress, log_every=20,
+    )
+    settings = FinetuneSettings(
+        model=model, task="nsmc", train=str(splits["budgets"][labels]), validation=str(splits["validation"]),
+        test=str(splits["test"]), out=str(out), tokenizer=None if tokenizer_dir is None else str(tokenizer_dir),
+        epochs=s.finetune_epochs.get(labels, epochs_for(labels)), batch_size=s.finetune_batch,
+        max_seq_len=s.finetune_seq_len, group_by_length=s.finetune_group_by_length, columns=Columns(),
+        overrides={"dropout": s.finetune_dropout, "attn_dropout": s.finetune_dropout}, trainer=trainer, **extra,
+    )
+    return ft.finetune(settings)
+
+
+def finetune_best_lr(model: str, tokenizer_dir: Path | None, splits: dict[str, Any], labels: int, out: Path,
+                     s: DemoSettings) -> dict[str, Any]:
+    """Fine-tune once per learning rate of ``s.finetune_lrs`` into ``out/lr-<lr>`` and keep the run
+    with the best validation accuracy (the first on ties); the others' weights are deleted.
+
+    Returns the chosen run's summary with ``lr`` and ``candidates`` (lr, validation, test) added.
+    """
+    if not s.finetune_lrs:
+        raise PretuneError("DemoSettings.finetune_lrs is empty: give at least one fine-tuning learning rate")
+    shutil.rmtree(out, ignore_errors=True)
+    tried = [(lr, finetune_stage(model, tokenizer_dir, splits, labels, out / f"lr-{lr:g}", s, lr)) for lr in s.finetune_lrs]
+    best_lr, best = max(tried, key=lambda pair: pair[1]["validation"]["accuracy"])  # max keeps the first of ties
+    for lr, _ in tried:
+        if lr != best_lr:
+            for weights in (out / f"lr-{lr:g}").rglob("*.safetensors"):
+                weights.unlink()
+    candidates = [{"lr": lr, "validation": r["validation"]["accuracy"], "test": r["test"]["accuracy"]} for lr, r in tried]
+    return {**best, "lr": best_lr, "candidates": candidates}
+
+
+def scratch_config(preset_name: str, tok_dir: Path, s: DemoSettings, work: Path, family: str) -> str:
+    """A config file for the from-scratch twin: the same shape and vocabulary as the pretrained model."""
+    from pretune.config import preset
+    from pretune.tokenizer import Tokenizer
+
+    tok = Tokenizer.load(tok_dir)
+    if family == "gpt":
+        tok.ensure_gpt_special_tokens()
+    cfg = preset(preset_name, vocab_size=tok.vocab_size, max_positions=max(s.seq_len, s.finetune_seq_len))
+    path = work / f"scratch-{family}.json"
+    cfg.save(path)
+    return str(path)
+
+
+__all__ = ["demo_precision", "finetune_best_lr", "finetune_stage", "pretrain_stage", "scratch_config", "tokenizer_stage"]

@@ -1,0 +1,199 @@
+"""The settings of pretraining, fine-tuning, evaluation and prediction: each declared once.
+
+The command line and ``--config`` files are generated from these fields (:mod:`pretune.settings`).
+This module imports no torch, so ``pretune --help`` stays fast; the recipes that use the
+settings live beside it (``pretrain.py``, ``finetune.py``, :mod:`pretune.inference`).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from pretune.errors import PretuneError
+from pretune.settings import nested, setting
+
+Precision = Literal["auto", "fp32", "bf16"]
+Schedule = Literal["linear", "cosine", "constant"]
+
+
+def parse_overrides(items: list[str] | dict[str, Any] | None) -> dict[str, Any]:
+    """``["hidden=256", "norm=pre"]`` as typed model-config overrides (JSON values, else strings)."""
+    if isinstance(items, dict):
+        return dict(items)
+    out: dict[str, Any] = {}
+    for item in items or []:
+        if "=" not in item:
+            raise PretuneError(f"--set {item!r} must look like FIELD=VALUE (e.g. --set dropout=0.2)")
+        key, value = item.split("=", 1)
+        try:
+            out[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key.strip()] = value
+    return out
+
+
+def model_overrides() -> Any:
+    return setting(factory=dict, flag="--set", metavar="FIELD=VALUE", parse=parse_overrides,
+                   help="model config overrides, e.g. --set dropout=0.2 hidden=256 (shapes only for a preset)")
+
+
+@dataclass
+class Runtime:
+    """Where and how a model runs."""
+
+    device: str = setting("auto", help="auto, cpu, cuda or cuda:N")
+    precision: Precision = setting(
+        "auto", help="auto: bf16 autocast where this machine computes it faster (CUDA; a CPU with AMX or "
+        "AVX512-BF16 that measures faster), else fp32")
+    progress: bool = setting(True, negate=True, help="no progress bars")
+
+
+@dataclass
+class TrainSettings(Runtime):
+    """The optimisation and the run's bookkeeping (the trainer's settings)."""
+
+    lr: float = setting(1e-4, help="peak learning rate (the pretrained body's, when fine-tuning)")
+    warmup_steps: int = setting(100, help="steps of linear warm-up")
+    schedule: Schedule | None = setting(None, help="decay after warm-up: linear, cosine or constant "
+                                        "(default: linear; cosine for GPT pretraining, as in GPT-1)")
+    weight_decay: float = setting(0.01, help="AdamW's decoupled weight decay (not on biases, LayerNorm, positions)")
+    grad_clip: float = setting(1.0, help="clip the global gradient norm to this (0: off)")
+    grad_accum: int = setting(1, help="micro-batches per optimizer step (the batch is per micro-batch)")
+    log_every: int = setting(10, help="log loss and speed every K steps")
+    eval_every: int = setting(0, help="evaluate on held-out data every K steps (0: at the end)")
+    save_every: int = setting(0, help="checkpoint every K steps (0: only at the end)")
+    keep_last: int = setting(2, help="checkpoints to keep (at least 1)")
+    seed: int = setting(0, help="random seed (data order, masking, initialisation, dropout)")
+    compile: bool = setting(False, help="torch.compile the model")
+    fsdp: bool = setting(False, help="under torchrun: shard the model with FSDP2 instead of replicating it (DDP)")
+    time_budget_s: float = setting(0.0, flag="--time-budget", metavar="SECONDS",
+                                   help="stop after this many seconds of training; the learning rate decays to zero by then")
+    resume: bool = setting(False, help="continue the run in --out from its newest complete checkpoint")
+    overwrite: bool = setting(False, help="start afresh in an --out that holds another run (its checkpoints are deleted)")
+
+
+@dataclass
+class MaskingSettings:
+    """How BERT pretraining instances are built and masked (google-research/bert's options)."""
+
+    nsp: bool = setting(True, negate=True, help="BERT: masked LM only, on contiguous full-length segments")
+    whole_word_mask: bool = setting(False, help="BERT: mask whole words (WordPiece ## pieces, Korean eojeol)")
+    dynamic_masking: bool = setting(True, flag="--static-masking", negate=True,
+                                    help="BERT: fix masks at creation (--dupe-factor copies) instead of redrawing them every epoch")
+    dupe_factor: int = setting(5, help="BERT static masking: copies of the data with different masks")
+    mask_prob: float = setting(0.15, help="BERT: fraction of tokens to predict (80%% [MASK], 10%% random, 10%% kept)")
+    max_predictions: int | None = setting(None, help="BERT: cap on masked tokens per sequence (default: ceil(mask-prob x seq-len))")
+    short_seq_prob: float = setting(0.1, help="BERT: fraction of documents cut to a random shorter target length")
+
+
+@dataclass
+class PretrainSettings:
+    """Everything ``pretune pretrain`` takes."""
+
+    model: str | None = setting(None, help="preset (bert-tiny ... gpt1), a config .json, or a model directory to continue")
+    tokenizer: str | None = setting(None, help="tokenizer directory (default: the model directory's)")
+    data: list[str] | None = setting(None, metavar="FILE",
+                                     help=".txt/.txt.gz/.jsonl files; BERT: one sentence per line, a blank line between documents")
+    out: str | None = setting(None, help="run directory (becomes a model directory)")
+    max_steps: int = setting(1000, help="optimizer steps")
+    batch_size: int = setting(32, help="global batch: sequences per optimizer micro-step, over all processes")
+    seq_len: int = setting(128, help="tokens per sequence")
+    eval_batches: int = setting(20, help="held-out batches per evaluation")
+    output_bias: Literal["unigram", "zero"] = setting(
+        "unigram", help="fresh BERT: start the MLM output bias at the corpus's log unigram frequencies, or at zero")
+    val_fraction: float = setting(0.01, help="fraction of documents held out for evaluation")
+    skip_bad_lines: bool = setting(False, help="skip non-UTF-8 lines (counted) instead of failing")
+    cache_dir: str | None = setting(None, help="where token shards are cached (default: OUT/data-cache)")
+    workers: int | None = setting(None, help="processes for tokenization (default: the CPU count, at most 8)")
+    overrides: dict[str, Any] = model_overrides()
+    masking: MaskingSettings = nested(MaskingSettings)
+    trainer: TrainSettings = nested(TrainSettings)
+
+
+@dataclass
+class Inputs:
+    """How a task's examples become model inputs."""
+
+    max_seq_len: int | None = setting(None, help="tokens per sequence, special tokens included (default: the model's maximum)")
+    no_truncate: bool = setting(False, help="fail on a too-long input instead of truncating (and counting) it")
+    limit: int | None = setting(None, metavar="N", help="use only the first N examples of each file (quick runs)")
+
+
+@dataclass
+class Columns:
+    """Column settings that override a recipe's (names with a header, 0-based indexes without)."""
+
+    text_col: str | None = setting(None, help="text column (several: comma-separated, joined with spaces)")
+    text_pair_col: str | None = setting(None, help="second text column: a sentence pair")
+    label_col: str | None = setting(None, help="label column: class names, numbers (regression) or the choice number")
+    choice_cols: str | None = setting(None, help="multiple choice: comma-separated candidate answer columns")
+    context_col: str | None = setting(None, help="multiple choice: the context column(s), comma-separated")
+    header: bool = setting(True, negate=True, help="the table has no header row: columns by index")
+
+    def overrides(self) -> dict[str, Any]:
+        """The reader options the user set."""
+        out = {k: v for k, v in vars(self).items() if k != "header" and v is not None}
+        return out if self.header else {**out, "header": False}
+
+
+TASK_HELP = ("a recipe: nsmc, kornli, korsts, cola, stsb, mrpc, storycloze, korquad, or a generic family "
+             "(classification, regression, multiple-choice, qa, tagging) with the column flags")
+
+
+def _finetune_trainer() -> TrainSettings:
+    return TrainSettings(lr=5e-5, schedule="linear", keep_last=1)
+
+
+@dataclass
+class FinetuneSettings(Inputs):
+    """Everything ``pretune finetune`` takes."""
+
+    model: str | None = setting(None, help="preset (from scratch), pretune model directory, or Hugging Face directory")
+    tokenizer: str | None = setting(None, help="tokenizer directory (required with a preset; default: the model's)")
+    task: str | None = setting(None, help=TASK_HELP)
+    train: str | None = setting(None, help="training file (TSV/CSV/JSONL, SQuAD JSON, CoNLL)")
+    validation: str | None = setting(None, help="validation file (evaluated after every epoch)")
+    validation_split: float | None = setting(None, metavar="FRACTION",
+                                             help="hold out this fraction of --train for validation instead (QA: by article)")
+    test: str | None = setting(None, help="test file, scored once with the best checkpoint")
+    out: str | None = setting(None, help="run directory: the best fine-tuned model and its results")
+    epochs: float = setting(3.0, help="passes over the training data")
+    batch_size: int = setting(32, help="examples per optimizer micro-step, over all processes")
+    eval_batch_size: int | None = setting(None, help="examples per evaluation batch (default: twice --batch-size)")
+    head_lr: float | None = setting(None, help="learning rate of the new layers (the task head; default: --lr)")
+    layer_decay: float | None = setting(None, help="layer-wise learning-rate decay: layer l from the top gets lr x decay^l")
+    freeze_layers: int = setting(0, metavar="K", help="freeze the embeddings and the first K layers")
+    transfer_layers: int | None = setting(None, metavar="K",
+                                          help="keep the first K pretrained layers, re-initialise the rest (GPT-1's analysis)")
+    warmup_ratio: float = setting(0.1, help="fraction of the steps spent warming up")
+    lm_coef: float | None = setting(None, help="GPT: weight of the auxiliary LM loss (default 0.5; 0: off); BERT: ignored")
+    pair_mode: Literal["auto", "entailment", "similarity"] = setting(
+        "auto", help="GPT sentence pairs: one ordered sequence, or both orderings added (auto: the recipe's)")
+    patience: int = setting(0, help="stop after K evaluations without improvement (0: never)")
+    group_by_length: bool = setting(False, help="batch examples of similar length (less padding)")
+    doc_stride: int = setting(128, help="QA: tokens between the starts of context windows")
+    max_query_len: int = setting(64, help="QA: question tokens kept")
+    max_answer_len: int = setting(30, help="QA: longest answer span, in tokens")
+    overrides: dict[str, Any] = model_overrides()
+    columns: Columns = nested(Columns)
+    trainer: TrainSettings = nested(_finetune_trainer, exclude=("warmup_steps", "eval_every", "save_every", "time_budget_s"))
+
+
+@dataclass
+class EvaluateSettings(Inputs, Runtime):
+    """Everything ``pretune evaluate`` and ``pretune predict`` take."""
+
+    model: str | None = setting(None, help="fine-tuned model directory")
+    task: str | None = setting(None, help=TASK_HELP + " (default: the one the model was fine-tuned on)")
+    data: str | None = setting(None, help="input file in the task's layout")
+    out: str | None = setting(None, help="file to write")
+    batch_size: int = setting(64, help="examples per batch")
+    columns: Columns = nested(Columns)
+
+
+__all__ = [
+    "Columns", "EvaluateSettings", "FinetuneSettings", "Inputs", "MaskingSettings", "PretrainSettings", "Runtime",
+    "TASK_HELP", "TrainSettings", "parse_overrides",
+]
