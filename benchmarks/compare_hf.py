@@ -498,6 +498,7 @@ def run_case(
 ) -> dict[str, Any]:
     """Time one case and return its JSON record. ``matmul_limit`` (a :func:`matmul_peak` result)
     replaces the peak probe otherwise run for this case, just before its timed steps."""
+    started = time.perf_counter()
     device = torch.device(device)
     cfg = preset(model_name, **(overrides or {}))
     if seq > cfg.max_positions:
@@ -512,9 +513,7 @@ def run_case(
         r.model.train(mode == "train")
     times = alternate(runners, batches, mode, device, warmup, repeats)
 
-    record: dict[str, Any] = {
-        "model": model_name, "mode": mode, "device": device.type, "dtype": dtype, "batch": batch, "seq_len": seq,
-    }
+    record: dict[str, Any] = dict(model=model_name, mode=mode, device=device.type, dtype=dtype, batch=batch, seq_len=seq)
     tps = {k: batch * seq / statistics.median(v) for k, v in times.items()}
     record.update(
         pretune_tokens_per_s=round(tps["pretune"], 1), hf_tokens_per_s=round(tps["hf"], 1),
@@ -527,11 +526,9 @@ def run_case(
     record.update(throughput_fields(tps, per_token, limit))
     if cfg.family == "bert":
         record["predictions_per_seq"] = predictions_per_seq(seq)
-    record.update(mfu_fields(tps, per_token, device, peak))
-    record["threads"] = torch.get_num_threads()
-    if mode == "train":
-        record["optimizer"] = optimizer
-    note(_summary(record))
+    record.update(mfu_fields(tps, per_token, device, peak), threads=torch.get_num_threads())
+    record.update({"optimizer": optimizer} if mode == "train" else {})
+    note(_summary(record) + f" (case: {time.perf_counter() - started:.0f} s)")
     del runners, batches
     gc.collect()
     if device.type == "cuda":
