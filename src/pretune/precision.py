@@ -1,8 +1,8 @@
 """Which precision to train in: ``--precision auto`` resolved for this machine.
 
 bf16 autocast halves the bytes a matmul moves and, on hardware that multiplies bf16 natively,
-multiplies faster; where it is emulated it is much slower than fp32 (on an AVX2-only CPU
-torch's bf16 matmuls run at 1-7 GFLOP/s against 45-60 in fp32, docs/benchmarks.md). So
+multiplies faster; where it is emulated it is much slower than fp32 (on an AVX2-only Zen 3,
+torch's bf16 GEMMs ran at 1-20 GFLOP/s against 50-160 in fp32, docs/benchmarks.md). So
 ``auto`` is:
 
 * CUDA: bf16 when the GPU multiplies bf16 natively (``torch.cuda.is_bf16_supported``), else fp32.
@@ -42,7 +42,7 @@ BF16_FEATURES = ("amx_bf16", "avx512_bf16")
 # bf16 is chosen when the probe's matmuls are at least this much faster. A training step is not
 # only matmuls: elementwise work, casts, the optimizer and data handling do not gain (on a Xeon
 # with AMX, matmuls 5.9x faster made a bert-tiny step 1.23x faster, docs/benchmarks.md row 11).
-# With ~60% of a step in matmuls, a 1.5x matmul gain is a ~1.25x step gain before the casts
+# With ~60% of a step in matmuls (68% in an fp32 bert-mini step, docs/benchmarks.md), a 1.5x matmul gain is a ~1.25x step gain before the casts
 # (1 / (0.4 + 0.6 / 1.5)); below that the gain is within the casts' cost and run-to-run noise,
 # and fp32 keeps full precision for free.
 BF16_MIN_SPEEDUP = 1.5
@@ -204,6 +204,7 @@ def _load_cache(path: Path) -> dict[str, dict]:
 def _write_atomically(path: Path, data: dict) -> None:
     """Write through a temporary file in the same folder and rename it over the cache: a reader
     sees the old file or the new one, never half of one. Failing to write is not an error."""
+    tmp: str | None = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=path.name, suffix=".tmp", dir=path.parent)
@@ -211,8 +212,9 @@ def _write_atomically(path: Path, data: dict) -> None:
             json.dump(data, f, indent=1, sort_keys=True)
         os.replace(tmp, path)
     except OSError:
-        with contextlib.suppress(OSError, UnboundLocalError):
-            os.unlink(tmp)
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
 
 
 def cached_bf16_speedup(
