@@ -257,9 +257,12 @@ def cpu_prefers_bf16(features: Iterable[str] | None = None, probe: Callable[[], 
 
 
 def _cuda_bf16(device: torch.device, *, native: bool) -> bool:
+    """Whether the GPU ``device`` computes in bf16 (natively, or at all). A plain ``cuda`` asks
+    about the current GPU without touching CUDA's device state (tests fake only these calls)."""
     if not torch.cuda.is_available():
         return False
-    with torch.cuda.device(device):
+    where = torch.cuda.device(device.index) if device.index is not None else contextlib.nullcontext()
+    with where:
         return bool(torch.cuda.is_bf16_supported(including_emulation=not native))
 
 
