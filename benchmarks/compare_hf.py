@@ -31,15 +31,26 @@ optimizer state plus the peak RSS increase during one step (``malloc_trim`` firs
 kernel's RSS high-water mark reset through ``/proc/self/clear_refs``), measured after the timed
 repeats. Freed heap memory is not returned within a step, so this errs high, for both sides.
 
-MFU (CUDA only): tokens/s x (6 N + 12 L H T) FLOPs per token against the device's dense bf16
-peak (H100 SXM / H200: 989 TFLOP/s; ``--peak-tflops`` to override). N counts every parameter
-(the tied word embedding once: it is also the output layer).
+Against the machine's limit: every case states its model FLOPs per token
+(:func:`model_flops_per_token`: train 6 M + 12 L h T, infer 2 M + 4 L h T, M the weight
+multiply-adds per token, BERT's MLM output layer at the masked positions only, GPT's at every
+position; the same count for both sides), each side's model GFLOP/s (tokens/s x FLOPs/token)
+and its fraction of the matmul peak measured in the same process just before the case's timed
+steps (:func:`matmul_peak`: the best of six GEMM shapes of the models' layers, in the case's
+dtype, with the benchmark's threads).
+
+MFU (CUDA only): the same model FLOPs against the device's datasheet dense bf16 peak (H100 SXM /
+H200: 989 TFLOP/s; ``--peak-tflops`` to override).
 
 Usage::
 
-    python benchmarks/compare_hf.py --quick
+    python benchmarks/compare_hf.py --quick              # bert-mini, gpt-mini: fp32, then bf16
     python benchmarks/compare_hf.py                      # every case, CPU fp32
     python benchmarks/compare_hf.py --device cuda --dtype bf16
+    python benchmarks/compare_hf.py --dtype fp32 bf16    # every case in both
+
+``--quick`` in bf16 on a CPU without ``amx_bf16``/``avx512_bf16`` (bf16 emulated, ~10-40x
+slower than fp32) runs bert-mini and gpt-mini on one 32-token sequence instead (QUICK_BF16_EMULATED).
 """
 
 from __future__ import annotations
@@ -63,10 +74,12 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT / "src") not in sys.path:
     sys.path.insert(0, str(ROOT / "src"))
 
+# Everything the harness uses from the library, in one place (plus pretune.train.trainer's
+# build_optimizer, imported where --optimizer trainer asks for it).
 from pretune import hf as hfconv  # noqa: E402
 from pretune.config import ModelConfig, preset  # noqa: E402
 from pretune.models import build_model  # noqa: E402
-from pretune.models.core import count_parameters  # noqa: E402
+from pretune.precision import cpu_bf16_features  # noqa: E402
 
 # (model, seq_len, cpu batch, cuda batch). CPU batches follow the issue's reference figures.
 CASES = [
@@ -82,6 +95,10 @@ CASES = [
     ("gpt1", 512, 2, 32),
 ]
 QUICK = ("bert-mini", "gpt-mini")
+# --quick in bf16 on a CPU without bf16 hardware (no amx_bf16/avx512_bf16): torch emulates bf16
+# matmuls there at 1-7 GFLOP/s (fp32: 45-60), so the same models run on one 32-token sequence,
+# to keep --quick within a few minutes. (model, seq_len, cpu batch, cuda batch), as CASES.
+QUICK_BF16_EMULATED = [("bert-mini", 32, 1, 1), ("gpt-mini", 32, 1, 1)]
 
 # Dense bf16 peak (TFLOP/s) by device name fragment; the first match wins.
 PEAK_BF16_TFLOPS = [("H200", 989.0), ("H100", 989.0), ("A100", 312.0)]
@@ -302,11 +319,98 @@ def peak_memory_mb(runner: Runner, fn, device: torch.device) -> float | None:
     return (static + grown) / 2**20
 
 
-# --- one case ------------------------------------------------------------------------------------
+# --- model FLOPs and the machine's limit ------------------------------------------------------------
 
 
-def flops_per_token(cfg: ModelConfig, n_params: int, seq: int) -> float:
-    return 6.0 * n_params + 12.0 * cfg.n_layers * cfg.hidden * seq
+def predictions_per_seq(seq: int) -> int:
+    """Masked positions per BERT sequence in these batches (15%, at least one): 19 of 128."""
+    return max(1, round(MLM_FRACTION * seq))
+
+
+def matmul_macs_per_token(cfg: ModelConfig, seq: int, n_pred: int | None = None) -> float:
+    """Multiply-adds per token of the model's weight matrices (biases, LayerNorm, GELU, softmax and
+    embedding lookups are not counted).
+
+    Every layer: q, k, v and output projections (4 h^2) and the feed-forward (2 h f). GPT: the
+    output layer (h V, tied to the token embedding) at every position. BERT: the MLM transform
+    and output layer (h^2 + h V) at the ``n_pred`` masked positions only, as in BERT's own code
+    (HF's ``BertForPreTraining`` computes them at every position, pretune at the masked ones: the
+    rest is not part of the objective), and the pooler + NSP (h^2 + 2 h) once per sequence.
+    """
+    h, v = cfg.hidden, cfg.vocab_size
+    body = cfg.n_layers * (4 * h * h + 2 * h * cfg.ffn)
+    if cfg.family == "gpt":
+        return float(body + h * v)
+    n_pred = predictions_per_seq(seq) if n_pred is None else n_pred
+    return body + (n_pred * (h * h + h * v) + h * h + 2 * h) / seq
+
+
+def model_flops_per_token(cfg: ModelConfig, seq: int, mode: str, n_pred: int | None = None) -> float:
+    """Model FLOPs per token: train 6 M + 12 L h T, infer 2 M + 4 L h T (M: :func:`matmul_macs_per_token`).
+
+    Forward: 2 FLOPs per multiply-add; the backward computes the input's and the weight's gradient:
+    twice that. Attention: q k^T and (attention) v are T h multiply-adds per token and layer each,
+    4 L h T FLOPs forward; counted over all T keys for GPT too (as in the PaLM paper's MFU: causal
+    kernels may skip half of it). pretune computes BERT's last layer only at [CLS] and the masked
+    positions: that saving is not subtracted; both sides are credited the same model FLOPs.
+    """
+    passes = 3 if mode == "train" else 1
+    return passes * (2 * matmul_macs_per_token(cfg, seq, n_pred) + 4 * cfg.n_layers * cfg.hidden * seq)
+
+
+# (k, n) of the layers' GEMMs, rows x k times k x n: q/k/v (fused), feed-forward in and out, of the
+# mini (h 256) and base (h 768) shapes.
+PEAK_WIDTHS = ((256, 768), (256, 1024), (1024, 256), (768, 2304), (768, 3072), (3072, 768))
+
+
+def peak_rows(dtype: str, device: torch.device) -> int:
+    """Rows of the peak probe's GEMMs: tokens per batch of a typical case, fewer for emulated bf16."""
+    if device.type == "cuda":
+        return 16384
+    if dtype == "bf16" and not cpu_bf16_features():
+        return 256  # emulated: 2 GFLOP per shape would take seconds
+    return 2048
+
+
+def time_matmul(rows: int, k: int, n: int, dtype: str, device: torch.device, repeats: int = 2) -> float:
+    """Best seconds of one ``x @ w.T`` (``nn.Linear``'s forward layout) after a warm-up call."""
+    dt = torch.bfloat16 if dtype == "bf16" else torch.float32
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(rows, k, generator=g).to(device, dt)
+    w = torch.randn(n, k, generator=g).to(device, dt)
+    inner = 20 if device.type == "cuda" else 1  # a GPU GEMM is too short to time one at a time
+    best = float("inf")
+    for i in range(repeats + 1):
+        elapsed = time_call(lambda: [torch.nn.functional.linear(x, w) for _ in range(inner)], device)
+        best = min(best, elapsed / inner) if i else best
+    return best
+
+
+def matmul_peak(dtype: str, device: torch.device, rows: int | None = None, widths=None, timer=None) -> dict[str, Any]:
+    """The machine's matmul limit for ``dtype``, measured now: the best GFLOP/s over the GEMM shapes
+    (``rows`` x k x n for each (k, n) of ``widths``, default :data:`PEAK_WIDTHS`) with the current
+    thread count. Returns ``gflops``, the best ``shape`` and every shape's GFLOP/s."""
+    rows, widths, timer = rows or peak_rows(dtype, device), widths or PEAK_WIDTHS, timer or time_matmul
+    per_shape = {f"{rows}x{k}x{n}": 2 * rows * k * n / timer(rows, k, n, dtype, device) / 1e9 for k, n in widths}
+    best = max(per_shape, key=per_shape.get)
+    return {"gflops": per_shape[best], "shape": best, "per_shape": per_shape}
+
+
+def _sig(x: float, digits: int = 4) -> float:
+    """``x`` to ``digits`` significant digits (GFLOP/s span 0.01 on a micro case to 10^5 on a GPU)."""
+    return float(f"{x:.{digits}g}")
+
+
+def throughput_fields(tps: dict[str, float], per_token: float, peak: dict[str, Any]) -> dict[str, Any]:
+    """Model GFLOP/s of both sides and their fraction of the measured peak."""
+    out: dict[str, Any] = {
+        "flops_per_token": round(per_token), "peak_gflops": _sig(peak["gflops"]), "peak_shape": peak["shape"],
+    }
+    for side in ("pretune", "hf"):
+        gflops = tps[side] * per_token / 1e9
+        out[f"{side}_gflops"] = _sig(gflops)
+        out[f"{side}_peak_fraction"] = _sig(gflops / peak["gflops"])
+    return out
 
 
 def peak_tflops(device: torch.device, override: float | None) -> tuple[float | None, str]:
@@ -319,6 +423,59 @@ def peak_tflops(device: torch.device, override: float | None) -> tuple[float | N
         if key in name:
             return value, name
     return None, name
+
+
+def mfu_fields(tps: dict[str, float], per_token: float, device: torch.device, peak: float | None) -> dict[str, Any]:
+    """MFU against the datasheet bf16 peak (CUDA, or ``--peak-tflops``); nothing where none is known."""
+    peak_value, device_name = peak_tflops(device, peak)
+    if not peak_value:
+        return {}
+    return dict(
+        pretune_mfu=round(tps["pretune"] * per_token / (peak_value * 1e12), 4),
+        hf_mfu=round(tps["hf"] * per_token / (peak_value * 1e12), 4),
+        peak_tflops=peak_value, device_name=device_name,
+    )
+
+
+# --- one case ------------------------------------------------------------------------------------
+
+
+def make_runners(cfg: ModelConfig, mode: str, dtype: str, device: torch.device, compile: str, optimizer: str):
+    """Both sides' runners, from the same initial weights."""
+    if dtype not in ("fp32", "bf16"):
+        raise ValueError(f"--dtype must be fp32 or bf16, got {dtype!r}")
+    ours, theirs = build_pair(cfg, device)
+    autocast = torch.bfloat16 if dtype == "bf16" else None
+    use_compile = compile == "on" or (compile == "auto" and device.type == "cuda")
+    runners = []
+    for name, model, fn in (("pretune", ours, pretune_loss), ("hf", theirs, hf_loss)):
+        opt = make_optimizer(model, device, optimizer) if mode == "train" else None
+        step_model = torch.compile(model) if use_compile else None
+        runners.append(Runner(name, model, fn, opt, autocast, device, step_model))
+    return runners
+
+
+def first_losses(runners: list[Runner], batch: dict, label: str, tol: float) -> dict[str, float]:
+    """Both sides' loss on the same weights and batch, dropout off; they must agree within ``tol``."""
+    losses = {}
+    for r in runners:
+        r.model.eval()
+        with torch.no_grad(), r._ctx():
+            losses[r.name] = float(r.loss_fn(r.model, batch))
+    diff = abs(losses["pretune"] - losses["hf"])
+    note(f"[{label}] first-step loss: pretune {losses['pretune']:.6f}, HF {losses['hf']:.6f} (|diff| {diff:.2e})")
+    if diff > tol * max(1.0, abs(losses["hf"])):
+        raise RuntimeError(f"{label}: losses disagree: pretune {losses['pretune']} vs HF {losses['hf']}")
+    return losses
+
+
+def memory_fields(runners: list[Runner], batch: dict, mode: str, device: torch.device) -> dict[str, Any]:
+    out = {}
+    for r in runners:
+        fn = r.train_step if mode == "train" else r.infer_step
+        mem = peak_memory_mb(r, lambda fn=fn: fn(batch), device)
+        out[f"{r.name}_peak_mem_mb"] = None if mem is None else round(mem, 1)
+    return out
 
 
 def run_case(
@@ -337,78 +494,56 @@ def run_case(
     memory: bool = True,
     loss_tol: float | None = None,
     optimizer: str = "fused",
+    matmul_limit: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Time one case and return its JSON record."""
+    """Time one case and return its JSON record. ``matmul_limit`` (a :func:`matmul_peak` result)
+    replaces the peak probe otherwise run for this case, just before its timed steps."""
+    started = time.perf_counter()
     device = torch.device(device)
     cfg = preset(model_name, **(overrides or {}))
     if seq > cfg.max_positions:
         raise ValueError(f"{model_name}: seq {seq} > max_positions {cfg.max_positions}")
-    ours, theirs = build_pair(cfg, device)
-    autocast = torch.bfloat16 if dtype == "bf16" else None
-    if dtype not in ("fp32", "bf16"):
-        raise ValueError(f"--dtype must be fp32 or bf16, got {dtype!r}")
-    use_compile = compile == "on" or (compile == "auto" and device.type == "cuda")
-    runners = []
-    for name, model, fn in (("pretune", ours, pretune_loss), ("hf", theirs, hf_loss)):
-        opt = make_optimizer(model, device, optimizer) if mode == "train" else None
-        step_model = torch.compile(model) if use_compile else None
-        runners.append(Runner(name, model, fn, opt, autocast, device, step_model))
+    label = f"{model_name} {mode} {dtype} b={batch} t={seq}"
+    runners = make_runners(cfg, mode, dtype, device, compile, optimizer)
     batches = make_batches(cfg, batch, seq, max(2, min(4, warmup + repeats)), device)
-
-    # Sanity check: the same loss from the same weights and batch (dropout off for this check).
-    losses = {}
-    for r in runners:
-        r.model.eval()
-        with torch.no_grad(), r._ctx():
-            losses[r.name] = float(r.loss_fn(r.model, batches[0]))
-    tol = loss_tol if loss_tol is not None else (1e-4 if autocast is None else 5e-2)
-    diff = abs(losses["pretune"] - losses["hf"])
-    note(
-        f"[{model_name} {mode} b={batch} t={seq}] first-step loss: pretune {losses['pretune']:.6f}, "
-        f"HF {losses['hf']:.6f} (|diff| {diff:.2e})"
-    )
-    if diff > tol * max(1.0, abs(losses["hf"])):
-        raise RuntimeError(f"{model_name}: losses disagree: pretune {losses['pretune']} vs HF {losses['hf']}")
-
+    tol = loss_tol if loss_tol is not None else (1e-4 if dtype == "fp32" else 5e-2)
+    losses = first_losses(runners, batches[0], label, tol)
+    limit = matmul_limit or matmul_peak(dtype, device)
     for r in runners:
         r.model.train(mode == "train")
     times = alternate(runners, batches, mode, device, warmup, repeats)
 
-    tokens = batch * seq
-    record: dict[str, Any] = {
-        "model": model_name, "mode": mode, "device": device.type, "dtype": dtype, "batch": batch, "seq_len": seq,
-    }
-    tps = {k: tokens / statistics.median(v) for k, v in times.items()}
+    record: dict[str, Any] = dict(model=model_name, mode=mode, device=device.type, dtype=dtype, batch=batch, seq_len=seq)
+    tps = {k: batch * seq / statistics.median(v) for k, v in times.items()}
     record.update(
         pretune_tokens_per_s=round(tps["pretune"], 1), hf_tokens_per_s=round(tps["hf"], 1),
         ratio=round(tps["pretune"] / tps["hf"], 3),
     )
-    mem = {}
-    for r in runners:
-        fn = r.train_step if mode == "train" else r.infer_step
-        mem[r.name] = peak_memory_mb(r, lambda fn=fn, b=batches[0]: fn(b), device) if memory else None
-    record.update(
-        pretune_peak_mem_mb=None if mem["pretune"] is None else round(mem["pretune"], 1),
-        hf_peak_mem_mb=None if mem["hf"] is None else round(mem["hf"], 1),
-    )
+    record.update(memory_fields(runners, batches[0], mode, device) if memory else dict.fromkeys(
+        ("pretune_peak_mem_mb", "hf_peak_mem_mb")))
     record.update(pretune_loss0=round(losses["pretune"], 6), hf_loss0=round(losses["hf"], 6))
-    peak_value, device_name = peak_tflops(device, peak)
-    if peak_value:
-        n_params = count_parameters(ours)
-        per_token = flops_per_token(cfg, n_params, seq) * (1 if mode == "train" else 1 / 3)
-        record.update(
-            pretune_mfu=round(tps["pretune"] * per_token / (peak_value * 1e12), 4),
-            hf_mfu=round(tps["hf"] * per_token / (peak_value * 1e12), 4),
-            peak_tflops=peak_value, device_name=device_name,
-        )
-    record["threads"] = torch.get_num_threads()
-    if mode == "train":
-        record["optimizer"] = optimizer
-    del runners, ours, theirs, batches
+    per_token = model_flops_per_token(cfg, seq, mode)
+    record.update(throughput_fields(tps, per_token, limit))
+    if cfg.family == "bert":
+        record["predictions_per_seq"] = predictions_per_seq(seq)
+    record.update(mfu_fields(tps, per_token, device, peak), threads=torch.get_num_threads())
+    record.update({"optimizer": optimizer} if mode == "train" else {})
+    note(_summary(record) + f" (case: {time.perf_counter() - started:.0f} s)")
+    del runners, batches
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
     return record
+
+
+def _summary(r: dict[str, Any]) -> str:
+    return (
+        f"[{r['model']} {r['mode']} {r['dtype']} b={r['batch']} t={r['seq_len']}] "
+        f"{r['flops_per_token'] / 1e6:.2f} MFLOP/token; peak {r['peak_gflops']:.1f} GFLOP/s ({r['peak_shape']}); "
+        f"pretune {r['pretune_tokens_per_s']:,.0f} tok/s = {r['pretune_gflops']:.2f} GFLOP/s "
+        f"= {100 * r['pretune_peak_fraction']:.1f}% of peak; HF {r['hf_tokens_per_s']:,.0f} tok/s "
+        f"= {r['hf_gflops']:.2f} GFLOP/s = {100 * r['hf_peak_fraction']:.1f}%; ratio {r['ratio']:.2f}x"
+    )
 
 
 # --- ablation: pretune against itself ------------------------------------------------------------
@@ -477,13 +612,16 @@ def run_ablation(
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--quick", action="store_true", help="bert-mini and gpt-mini only (seq 128)")
+    p.add_argument("--quick", action="store_true", help="bert-mini and gpt-mini only (seq 128), fp32 and bf16")
     p.add_argument("--models", nargs="*", help="only these presets")
     p.add_argument("--modes", nargs="*", default=["train", "infer"], choices=["train", "infer"])
     p.add_argument("--seq-len", type=int, nargs="*", help="only these sequence lengths")
     p.add_argument("--batch", type=int, help="batch size for every case (default: per case)")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
-    p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"], help="bf16 = autocast on both sides")
+    p.add_argument(
+        "--dtype", nargs="+", default=None, choices=["fp32", "bf16"],
+        help="bf16 = autocast on both sides; several run one after the other (default fp32, --quick both)",
+    )
     p.add_argument("--warmup", type=int, default=None, help="untimed steps per side (default 2, --quick 1)")
     p.add_argument("--repeats", type=int, default=None, help="timed steps per side (default 5, --quick 3)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
@@ -498,6 +636,39 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def select_cases(args: argparse.Namespace, dtype: str, device: torch.device) -> list[tuple[str, int, int, int]]:
+    """The cases to run in ``dtype``: every case, or --quick's (smaller in bf16 where it is emulated)."""
+    if not args.quick:
+        cases = CASES
+    elif dtype == "bf16" and device.type == "cpu" and not cpu_bf16_features():
+        cases = QUICK_BF16_EMULATED
+    else:
+        cases = [c for c in CASES if c[1] == 128 and c[0] in QUICK]
+    if args.models:
+        cases = [c for c in cases if c[0] in args.models]
+    if args.seq_len:
+        cases = [c for c in cases if c[1] in args.seq_len]
+    return cases
+
+
+def run_cases(args: argparse.Namespace, dtype: str, device: torch.device, warmup: int, repeats: int) -> None:
+    """Every selected case in ``dtype``, one JSON line each."""
+    for name, seq, cpu_batch, cuda_batch in select_cases(args, dtype, device):
+        batch = args.batch or (cuda_batch if device.type == "cuda" else cpu_batch)
+        for mode in args.modes:
+            if args.ablation:
+                record = run_ablation(
+                    name, mode, batch, seq, device=device, warmup=warmup, repeats=repeats, memory=not args.no_memory,
+                    optimizer=args.optimizer,
+                )
+            else:
+                record = run_case(
+                    name, mode, batch, seq, device=device, dtype=dtype, warmup=warmup, repeats=repeats,
+                    compile=args.compile, peak=args.peak_tflops, memory=not args.no_memory, optimizer=args.optimizer,
+                )
+            print(json.dumps(record), flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     device = torch.device(args.device)
@@ -508,32 +679,16 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     warmup = args.warmup if args.warmup is not None else (1 if args.quick else 2)
     repeats = args.repeats if args.repeats is not None else (3 if args.quick else 5)
-    cases = [c for c in CASES if c[1] == 128 and c[0] in QUICK] if args.quick else CASES
-    if args.models:
-        cases = [c for c in cases if c[0] in args.models]
-    if args.seq_len:
-        cases = [c for c in cases if c[1] in args.seq_len]
+    dtypes = args.dtype or (["fp32"] if args.ablation or not args.quick else ["fp32", "bf16"])
     import transformers
 
     note(
         f"torch {torch.__version__}, transformers {transformers.__version__}, device {device}, "
-        f"dtype {args.dtype}, threads {torch.get_num_threads()}, warmup {warmup}, repeats {repeats}"
+        f"dtype {' '.join(dtypes)}, threads {torch.get_num_threads()}, warmup {warmup}, repeats {repeats}, "
+        f"CPU bf16 features {sorted(cpu_bf16_features()) or 'none'}"
     )
-    for name, seq, cpu_batch, cuda_batch in cases:
-        batch = args.batch or (cuda_batch if device.type == "cuda" else cpu_batch)
-        for mode in args.modes:
-            if args.ablation:
-                record = run_ablation(
-                    name, mode, batch, seq, device=device, warmup=warmup, repeats=repeats, memory=not args.no_memory,
-                    optimizer=args.optimizer,
-                )
-                print(json.dumps(record), flush=True)
-                continue
-            record = run_case(
-                name, mode, batch, seq, device=device, dtype=args.dtype, warmup=warmup, repeats=repeats,
-                compile=args.compile, peak=args.peak_tflops, memory=not args.no_memory, optimizer=args.optimizer,
-            )
-            print(json.dumps(record), flush=True)
+    for dtype in dtypes:
+        run_cases(args, dtype, device, warmup, repeats)
     return 0
 
 

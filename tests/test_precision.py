@@ -122,19 +122,23 @@ def test_other_values_name_the_flag_and_the_valid_ones(value: str) -> None:
     assert repr(value) in str(info.value)
 
 
-def _fake_cuda(monkeypatch: pytest.MonkeyPatch, native: bool, emulated: bool) -> None:
+def _fake_cuda(monkeypatch: pytest.MonkeyPatch, native: bool, emulated: bool) -> list:
+    entered = []
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(torch.cuda, "device", lambda d: contextlib.nullcontext())
+    monkeypatch.setattr(torch.cuda, "device", lambda d: entered.append(d) or contextlib.nullcontext())
     monkeypatch.setattr(
         torch.cuda, "is_bf16_supported", lambda including_emulation=True: native or (emulated and including_emulation)
     )
+    return entered
 
 
 @pytest.mark.parametrize("native,expected", [(True, "bf16"), (False, "fp32")])
 def test_auto_on_cuda_is_bf16_where_the_gpu_has_it(monkeypatch: pytest.MonkeyPatch, native: bool, expected: str) -> None:
-    _fake_cuda(monkeypatch, native=native, emulated=True)
+    entered = _fake_cuda(monkeypatch, native=native, emulated=True)
     probe = Probe(0.1)
-    assert P.resolve_precision("auto", torch.device("cuda:0"), features=NEITHER, probe=probe) == expected
+    assert P.resolve_precision("auto", torch.device("cuda:1"), features=NEITHER, probe=probe) == expected
+    assert entered == [1]  # asked about GPU 1, not the current one
+    assert P.resolve_precision("auto", "cuda", features=NEITHER, probe=probe) == expected
     assert probe.calls == 0  # the CPU's probe has nothing to say about a GPU
 
 

@@ -1,8 +1,8 @@
 """Which precision to train in: ``--precision auto`` resolved for this machine.
 
 bf16 autocast halves the bytes a matmul moves and, on hardware that multiplies bf16 natively,
-multiplies faster; where it is emulated it is much slower than fp32 (on an AVX2-only CPU
-torch's bf16 matmuls run at 1-7 GFLOP/s against 45-60 in fp32, docs/benchmarks.md). So
+multiplies faster; where it is emulated it is much slower than fp32 (on an AVX2-only Zen 3,
+torch's bf16 GEMMs ran at 1-20 GFLOP/s against 50-160 in fp32, docs/benchmarks.md). So
 ``auto`` is:
 
 * CUDA: bf16 when the GPU multiplies bf16 natively (``torch.cuda.is_bf16_supported``), else fp32.
@@ -24,7 +24,6 @@ import contextlib
 import json
 import os
 import platform
-import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -42,7 +41,7 @@ BF16_FEATURES = ("amx_bf16", "avx512_bf16")
 # bf16 is chosen when the probe's matmuls are at least this much faster. A training step is not
 # only matmuls: elementwise work, casts, the optimizer and data handling do not gain (on a Xeon
 # with AMX, matmuls 5.9x faster made a bert-tiny step 1.23x faster, docs/benchmarks.md row 11).
-# With ~60% of a step in matmuls, a 1.5x matmul gain is a ~1.25x step gain before the casts
+# With ~60% of a step in matmuls (68% in an fp32 bert-mini step, docs/benchmarks.md), a 1.5x matmul gain is a ~1.25x step gain before the casts
 # (1 / (0.4 + 0.6 / 1.5)); below that the gain is within the casts' cost and run-to-run noise,
 # and fp32 keeps full precision for free.
 BF16_MIN_SPEEDUP = 1.5
@@ -201,18 +200,13 @@ def _load_cache(path: Path) -> dict[str, dict]:
     return {k: v for k, v in data.items() if isinstance(v, dict) and isinstance(v.get("speedup"), (int, float))}
 
 
-def _write_atomically(path: Path, data: dict) -> None:
-    """Write through a temporary file in the same folder and rename it over the cache: a reader
-    sees the old file or the new one, never half of one. Failing to write is not an error."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=path.name, suffix=".tmp", dir=path.parent)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=1, sort_keys=True)
-        os.replace(tmp, path)
-    except OSError:
-        with contextlib.suppress(OSError, UnboundLocalError):
-            os.unlink(tmp)
+def _write_cache(path: Path, data: dict) -> None:
+    """Write the cache atomically; failing to write (a read-only home) is not an error."""
+    from pretune.errors import PretuneError
+    from pretune.io import write_json
+
+    with contextlib.suppress(OSError, PretuneError):
+        write_json(path, data)
 
 
 def cached_bf16_speedup(
@@ -232,7 +226,7 @@ def cached_bf16_speedup(
         return float(entries[key]["speedup"])
     speedup = float((measure or measure_bf16_speedup)(threads))
     entries[key] = {"speedup": round(speedup, 4), "measured": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-    _write_atomically(path, entries)
+    _write_cache(path, entries)
     return speedup
 
 
@@ -255,9 +249,12 @@ def cpu_prefers_bf16(features: Iterable[str] | None = None, probe: Callable[[], 
 
 
 def _cuda_bf16(device: torch.device, *, native: bool) -> bool:
+    """Whether the GPU ``device`` computes in bf16 (natively, or at all). A plain ``cuda`` asks
+    about the current GPU without touching CUDA's device state (tests fake only these calls)."""
     if not torch.cuda.is_available():
         return False
-    with torch.cuda.device(device):
+    where = torch.cuda.device(device.index) if device.index is not None else contextlib.nullcontext()
+    with where:
         return bool(torch.cuda.is_bf16_supported(including_emulation=not native))
 
 
