@@ -23,7 +23,7 @@ from pretune.models import build_model
 from pretune.tasks import TaskModel, TaskSpec, get_family, new_parameter_prefixes
 from pretune.tasks.classification import TextExample
 from pretune.tokenizer import train_tokenizer
-from pretune.train.finetune import FinetuneRun, finetune
+from pretune.train.finetune import FinetuneRun, finetune, improves
 from pretune.train.settings import Columns, FinetuneSettings, TrainSettings
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -401,13 +401,13 @@ def test_transfer_layers_keeps_the_first_k(work: Path, pretrained: Path, tmp_pat
     assert torch.all(now["body.blocks.1.mlp.fc1.bias"] == 0)  # re-initialised
 
 
-def test_gpt_special_tokens_added_and_embeddings_resized(work: Path, tmp_path: Path) -> None:
+def _plain_lm_tokenizer(work: Path):
+    """A byte-level BPE with only <|endoftext|>, like a plain LM's: no start / delim / extract."""
     import tokenizers
     from tokenizers import decoders, models, pre_tokenizers, trainers
 
     from pretune.tokenizer import Tokenizer
 
-    # A "pretrained" GPT whose tokenizer has only <|endoftext|>, like a plain LM: no start/delim/extract.
     backend = tokenizers.Tokenizer(models.BPE())
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     backend.decoder = decoders.ByteLevel()
@@ -416,6 +416,14 @@ def test_gpt_special_tokens_added_and_embeddings_resized(work: Path, tmp_path: P
     backend.train([str(work / "corpus.txt")], trainer)
     tok = Tokenizer(backend)
     assert not tok.has_role("start")
+    return tok
+
+
+def test_gpt_special_tokens_added_and_embeddings_resized(work: Path, tmp_path: Path) -> None:
+    from pretune.tokenizer import Tokenizer
+
+    # A "pretrained" GPT whose tokenizer has only <|endoftext|>, like a plain LM: no start/delim/extract.
+    tok = _plain_lm_tokenizer(work)
     torch.manual_seed(0)
     model = build_model(preset("gpt-tiny", vocab_size=tok.vocab_size, max_positions=64))
     pre = save_model(tmp_path / "gpt", model, tok)
@@ -430,6 +438,56 @@ def test_gpt_special_tokens_added_and_embeddings_resized(work: Path, tmp_path: P
     assert all(run.tokenizer.has_role(r) for r in ("start", "delim", "extract", "pad"))
     ids = run.train_features.features[0]["input_ids"]
     assert ids[0] == run.tokenizer.start_id and ids[-1] == run.tokenizer.extract_id
+
+
+def test_untied_gpt_with_added_tokens_fine_tunes_with_the_lm_loss_end_to_end(work: Path, tmp_path: Path, monkeypatch,
+                                                                              capsys) -> None:
+    """An untied GPT (its own output layer) gets GPT-1's tokens added: the output layer grows with
+    the embeddings, and the auxiliary LM loss (--lm-coef 0.5) trains it, new rows included."""
+    from safetensors.torch import load_file
+
+    tok = _plain_lm_tokenizer(work)
+    torch.manual_seed(0)
+    model = build_model(preset("gpt-tiny", vocab_size=tok.vocab_size, tie_embeddings=False, **SMALL))
+    pre = save_model(tmp_path / "gpt", model, tok)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    out = tmp_path / "run"
+    code, stdout, err = _cli(["finetune", "--model", pre, "--task", "classification", "--train", work / "cls_train.tsv",
+                              "--validation", work / "cls_dev.tsv", "--out", out, "--epochs", 1, "--max-seq-len", 48,
+                              "--lm-coef", 0.5, "--lr", 1e-3, "--no-progress"], monkeypatch, capsys)
+    assert code == 0, err
+    assert "added GPT-1 tokens" in stdout + err
+    weights = load_file(str(out / "model.safetensors"))
+    v, h = tok.vocab_size, SMALL["hidden"]
+    emb, lm = weights["body.embeddings.tok.weight"], weights["lm_head.weight"]
+    assert emb.shape == lm.shape == (v + 4, h)  # <|pad|> <|start|> <|delim|> <|extract|> in both
+    assert not torch.equal(emb, lm)  # still untied
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["tie_embeddings"] is False and saved["vocab_size"] == v + 4 and saved["task"]["lm_coef"] == 0.5
+    # the LM loss trained the output layer: its pretrained rows moved, and the extract token (the last
+    # target of every sequence) has a trained row of its own
+    assert not torch.allclose(lm[:v], before["lm_head.weight"], atol=1e-6)
+    extract = load_finetuned(out, "cpu").tokenizer.extract_id
+    assert extract >= v and lm[extract].abs().sum() > 0
+    metrics = evaluate(out, work / "cls_dev.tsv", progress=False)
+    assert metrics == pytest.approx(json.loads((out / "eval_results.json").read_text())["validation"])
+
+
+def test_gpt_tagging_sees_each_word_as_in_running_text(work: Path, tmp_path: Path) -> None:
+    """Byte-level BPE: a word after the first is encoded with its leading space, exactly as the
+    tokenizer encodes the joined sentence; each word's tag sits on its first piece."""
+    run = FinetuneRun(settings(work, tmp_path / "r", "tagging", "gpt"))
+    tok = run.tokenizer
+    assert len(run.train_features.features) == len(run.train_examples)
+    for feat in run.train_features.features:
+        words = run.train_examples[feat["example"]].tokens
+        ids = feat["input_ids"]
+        assert ids[0] == tok.start_id and ids[-1] == tok.extract_id
+        assert ids[1:-1] == tok.encode(" ".join(words))
+        bounds = [*feat["word_starts"], len(ids) - 1]
+        assert [tok.decode(ids[a:b]) for a, b in zip(bounds, bounds[1:])] == [words[0], *(" " + w for w in words[1:])]
+        tagged = [p for p, t in enumerate(feat["tags"]) if t != -100]
+        assert tagged == feat["word_starts"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -520,6 +578,144 @@ def test_cli_finetune_with_config_and_early_stopping(work: Path, tmp_path: Path,
     results = json.loads((tmp_path / "run" / "eval_results.json").read_text())
     assert results["steps"] < 20 * results["steps_per_epoch"]  # stopped early: lr too small to improve
     assert "metric" in stdout and "accuracy" in stdout
+
+
+def test_keep_last_must_keep_a_checkpoint(work: Path, tmp_path: Path, monkeypatch, capsys) -> None:
+    msg = _fail([*_base(work, tmp_path), "--task", "classification", "--train", work / "cls_train.tsv",
+                 "--validation", work / "cls_dev.tsv", "--keep-last", 0], monkeypatch, capsys)
+    assert msg.endswith("--keep-last must be at least 1, got 0")
+    assert not (tmp_path / "o" / "checkpoints").exists()
+
+
+# Validation accuracy by epoch: the best at 1, then two misses, so --patience 2 stops after epoch 3.
+SCRIPTED = {1: 0.6, 2: 0.5, 3: 0.55, 4: 0.9}
+
+
+@pytest.mark.parametrize("crash_epoch", [1, 2])
+def test_patience_counts_each_evaluation_once_across_a_crash_and_resume(work: Path, tmp_path: Path, monkeypatch,
+                                                                         crash_epoch: int) -> None:
+    """A run killed after evaluating an epoch but before saving its checkpoint repeats that
+    evaluation on --resume; it must not count twice against --patience (nor a repeated best as a miss)."""
+    from pretune.train.trainer import Trainer
+
+    monkeypatch.setattr(FinetuneRun, "eval_fn",
+                        lambda self, model: {"val_accuracy": SCRIPTED[self.trainer.step // self.steps_per_epoch]})
+    run = lambda out, **kw: finetune(settings(work, tmp_path / out, "classification", "bert", epochs=4,  # noqa: E731
+                                              patience=2, **kw))
+    straight = run("straight")
+    spe = straight["steps_per_epoch"]
+    assert straight["steps"] == 3 * spe and straight["best_step"] == spe
+
+    save, killed = Trainer.save_checkpoint, []
+
+    def killed_before_saving(self: Trainer):
+        if self.step == crash_epoch * spe and not killed:
+            killed.append(self.step)
+            raise RuntimeError("killed between evaluation and saving")
+        return save(self)
+
+    monkeypatch.setattr(Trainer, "save_checkpoint", killed_before_saving)
+    with pytest.raises(RuntimeError, match="killed"):
+        run("crashed")
+    resumed = run("crashed", resume=True)
+    assert killed == [crash_epoch * spe]
+    assert (resumed["steps"], resumed["best_step"], resumed["best_epoch"]) == (3 * spe, spe, 1.0)
+    best = json.loads((tmp_path / "crashed" / "best.json").read_text())
+    assert best == json.loads((tmp_path / "straight" / "best.json").read_text())
+    assert (best["bad"], best["counted"], best["value"]) == (2, 3 * spe, 0.6)
+
+
+def test_constant_predictions_report_null_once_and_never_save_a_best(work: Path, tmp_path: Path, monkeypatch,
+                                                                      capsys) -> None:
+    """Identical inputs give constant predictions, whose correlation is undefined: null in the
+    results with one plain warning per metric at the end, n/a in the table, and never a "best"."""
+    same = _tsv(tmp_path / "same.tsv", ["text", "text2", "score"], [["the cat sat", "a good dog", y] for y in (0, 1, 2, 1)])
+    args = [*_base(work, tmp_path), "--task", "regression", "--text-pair-col", "text2", "--label-col", "score",
+            "--train", work / "reg_train.tsv", "--epochs", 2, "--max-seq-len", 32, "--eval-batch-size", 1, "--no-progress"]
+    code, stdout, err = _cli(["finetune", *args, "--validation", work / "reg_dev.tsv", "--test", same], monkeypatch, capsys)
+    assert code == 0, err
+    results = json.loads((tmp_path / "o" / "eval_results.json").read_text())
+    assert results["test"] == {"pearson": None, "spearman": None} and results["split"] == "test"
+    assert results["spearman"] is None and all(isinstance(v, float) for v in results["validation"].values())
+    warned = [line for line in err.splitlines() if "warning" in line]
+    assert len(warned) == 2, err
+    for line, name in zip(warned, ("Pearson", "Spearman")):
+        assert line.startswith(f"pretune finetune: warning: {name} correlation is undefined: the predictions are constant")
+        assert line.endswith("; reported as null")
+    assert [line.split()[1:] for line in stdout.splitlines() if line.startswith(("pearson", "spearman"))] == [
+        [_fmt(results["validation"]["pearson"]), "n/a"], [_fmt(results["validation"]["spearman"]), "n/a"]]
+    # validated on constant predictions: every evaluation is null, nothing is saved as the best
+    out = tmp_path / "never"
+    code, _, err = _cli(["finetune", *args, "--validation", same, "--out", out], monkeypatch, capsys)
+    assert code == 2
+    assert [line for line in err.splitlines() if line.startswith("pretune")] == [
+        "pretune finetune: error: no evaluation gave a defined spearman (the model predicts a constant), so no best "
+        "checkpoint was saved; train longer or raise --lr"]
+    evals = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if "val_spearman" in line]
+    assert len(evals) == 2 and all(e["val_spearman"] is None and e["val_pearson"] is None for e in evals)
+    assert json.loads((out / "best.json").read_text())["value"] is None
+    assert not (out / "model.safetensors").exists() and not (out / "eval_results.json").exists()
+
+
+def _fmt(value: float) -> str:
+    return f"{value:.4f}"
+
+
+def test_improves_ranks_undefined_below_any_number() -> None:
+    assert improves(0.1, None) and improves(-0.5, None) and improves(0.2, 0.1)
+    assert not improves(None, None) and not improves(None, -1.0) and not improves(0.1, 0.1) and not improves(0.0, 0.1)
+
+
+# KorQuAD 1.0: answers on which its official evaluation and SQuAD's disagree. Per question: the
+# context, the gold answer, and what the "model" answers after epochs 1 and 2 (then nothing).
+KOREAN = {
+    "q1": ("박경리의 대하소설 《토지》는 1969년에 연재를 시작했다.", "《토지》", "토지", "박경리"),
+    "q2": ("The Beatles는 리버풀에서 결성되었다.", "The Beatles", "박경리", "Beatles"),
+    "q3": ("그 회의는 서울에서 열렸다.", "서울", "서울에서", "부산"),
+}
+# By hand (see tests/test_metrics.py for each pair):
+#   epoch 1: q1 토지 vs 《토지》 KorQuAD EM 1 F1 1, SQuAD 0 0; q2 0 0; q3 서울에서 vs 서울 KorQuAD F1 2/3, SQuAD 0
+#     -> KorQuAD EM 1/3, F1 (1 + 0 + 2/3)/3 = 5/9; SQuAD EM 0, F1 0
+#   epoch 2: q2 Beatles vs The Beatles SQuAD EM 1 F1 1, KorQuAD EM 0 F1 14/17; q1, q3 0
+#     -> KorQuAD EM 0, F1 14/51; SQuAD EM 1/3, F1 1/3
+#   epoch 3: empty answers, 0 everywhere
+QA_STYLE_CASES = [
+    ("korquad", 1.0, {"exact_match": 1 / 3, "f1": 5 / 9}, "KorQuAD 1.0 official evaluation"),
+    ("qa", 2.0, {"exact_match": 1 / 3, "f1": 1 / 3}, "SQuAD v1.1 official evaluation"),
+]
+
+
+@pytest.mark.parametrize("task,best_epoch,scores,scored_with", QA_STYLE_CASES, ids=[c[0] for c in QA_STYLE_CASES])
+def test_korquad_recipe_scores_and_selects_by_korquads_official_evaluation(
+    work: Path, tmp_path: Path, monkeypatch, task: str, best_epoch: float, scores: dict, scored_with: str
+) -> None:
+    """Through the recipe, the family and the run: the korquad recipe picks its best epoch by KorQuAD's
+    F1 and reports KorQuAD's EM / F1; the generic qa recipe, on the same answers, SQuAD's."""
+    from pretune.tasks.base import Predictions
+    from pretune.tasks.qa import QuestionAnswering
+
+    articles = [{"title": qid, "paragraphs": [{"context": ctx, "qas": [
+        {"id": qid, "question": "무엇인가", "answers": [{"text": gold, "answer_start": ctx.index(gold)}]}]}]}
+        for qid, (ctx, gold, *_) in KOREAN.items()]
+    data = tmp_path / "korquad.json"
+    data.write_text(json.dumps({"version": "KorQuAD_v1.0", "data": articles}, ensure_ascii=False), encoding="utf-8")
+    seen: list[torch.Tensor] = []  # the logits of each evaluated model: which epoch is being decoded
+
+    def scripted_decode(self, spec, examples, fs, logits):
+        flat = torch.cat([lg.flatten().float() for lg in logits])
+        epoch = next((k for k, x in enumerate(seen, 1) if torch.allclose(x, flat, atol=1e-4)), None)
+        if epoch is None:
+            seen.append(flat)
+            epoch = len(seen)
+        return Predictions({e.id: (KOREAN[e.id][1 + epoch] if epoch <= 2 else "", -1, 0.0) for e in examples})
+
+    monkeypatch.setattr(QuestionAnswering, "decode", scripted_decode)
+    results = finetune(settings(work, tmp_path / "run", "qa", "bert", task=task, train=str(data), validation=str(data),
+                                epochs=3, batch_size=2))
+    assert len(seen) == 3  # the final scoring decoded the saved best model: one of the three epochs
+    assert results["best_epoch"] == best_epoch and results["main_metric"] == "f1"
+    assert results["validation"] == pytest.approx(scores) and results["scored_with"] == scored_with
+    assert json.loads((tmp_path / "run" / "best.json").read_text())["value"] == pytest.approx(scores["f1"])
 
 
 # --------------------------------------------------------------------------------------------
