@@ -3,15 +3,21 @@ evaluate / predict, real data, and every bad input of the issue. Tiny models, CP
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import json
 import math
 import random
+import re
+import string
+from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from scipy.stats import rankdata
 
 from pretune import cli
 from pretune.checkpoint import load_model, save_model
@@ -292,6 +298,28 @@ def test_aux_lm_loss_is_added_iff_lm_coef_and_averaged_per_sequence(coef: float)
         assert torch.allclose(model(**batch).loss, out.loss, atol=1e-5)
 
 
+def test_aux_lm_loss_over_choices_is_the_mean_of_every_sequences_mean() -> None:
+    """As openai/finetune-transformer-lm on ROCStories: every choice is a sequence of its own (X
+    reshaped to (-1, n_ctx)); each one's next-token loss is averaged over its real tokens after the
+    first (M[:, 1:]), then reduce_mean over all batch x choices sequences."""
+    backbone = _tiny("gpt")
+    model = attach(backbone, "multiple-choice", lm_coef=1.0)
+    examples = [[[1, 5, 6, 4, 8, 3], [1, 5, 6, 4, 9, 9, 7, 3]], [[1, 7, 4, 8, 3], [1, 7, 4, 3]]]
+    batch = Collator(0, extract=True)([{"input_ids": seqs, "label": k} for k, seqs in enumerate(examples)])
+    out = model(**batch)
+    with torch.no_grad():
+        means, losses = [], []
+        for seq in (s for seqs in examples for s in seqs):
+            logp = backbone.lm_logits(backbone.body(torch.tensor([seq]))[0]).log_softmax(-1)[0]
+            nll = [-logp[t, seq[t + 1]] for t in range(len(seq) - 1)]
+            means.append(torch.stack(nll).mean())
+            losses += nll
+        by_sequence, by_token = torch.stack(means).mean(), torch.stack(losses).mean()
+    assert not torch.allclose(by_sequence, by_token, atol=1e-4)
+    assert torch.allclose(out.metrics["lm_loss"], by_sequence, atol=1e-5)
+    assert torch.allclose(out.loss, out.metrics["task_loss"] + by_sequence, atol=1e-5)
+
+
 def test_bert_ignores_lm_coef_and_uses_pooled_cls() -> None:
     backbone = _tiny("bert")
     model = attach(backbone, "classification", ["a", "b"], lm_coef=0.5)
@@ -540,7 +568,114 @@ def _cli(argv: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.Captur
     return code, captured.out, captured.err
 
 
+# --------------------------------------------------------------------------------------------
+# Scores by hand: the official definitions written out here, to check what evaluate reports
+# against predict's records and gold labels read without pretune's readers
+
+
+def _pearson(x: list[float], y: list[float]) -> float | None:
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    dx, dy = x - x.mean(), y - y.mean()
+    den = math.sqrt((dx * dx).sum() * (dy * dy).sum())
+    return None if den == 0 else float((dx * dy).sum() / den)
+
+
+def _label_scores(pred: list, gold: list, positive: object = "1") -> dict[str, float | None]:
+    tp = sum(p == g == positive for p, g in zip(pred, gold))
+    fp = sum(p == positive != g for p, g in zip(pred, gold))
+    fn = sum(g == positive != p for p, g in zip(pred, gold))
+    tn = len(gold) - tp - fp - fn
+    den = math.sqrt((tp + fp) * (tp + fn) * (tn + fp) * (tn + fn))
+    return {"accuracy": sum(p == g for p, g in zip(pred, gold)) / len(gold),
+            "f1": 2 * tp / (2 * tp + fp + fn) if tp else 0.0,
+            "mcc": (tp * tn - fp * fn) / den if den else 0.0,
+            "pearson": None, "spearman": None}
+
+
+def _score_scores(pred: list[float], gold: list[float]) -> dict[str, float | None]:
+    return {"pearson": _pearson(pred, gold), "spearman": _pearson(rankdata(pred), rankdata(gold))}
+
+
+def _squad_normal(s: str) -> str:  # SQuAD v1.1 evaluate-v1.1.py: lower, no punctuation, no articles, one space
+    s = "".join(ch for ch in s.lower() if ch not in string.punctuation)
+    return " ".join(re.sub(r"\b(a|an|the)\b", " ", s).split())
+
+
+def _korquad_normal(s: str) -> str:  # KorQuAD evaluate-v1.0.py: these symbols to spaces, then as SQuAD but articles kept
+    for ch in "'\"《》<>〈〉()‘’":
+        s = s.replace(ch, " ")
+    return " ".join("".join(ch for ch in s.lower() if ch not in string.punctuation).split())
+
+
+def _qa_scores(pred: dict[str, str], gold: dict[str, list[str]], style: str) -> dict[str, float]:
+    def f1(a: list[str], b: list[str]) -> float:
+        same = sum((Counter(a) & Counter(b)).values())
+        return 0.0 if same == 0 else 2 * same / (len(a) + len(b))
+
+    normal = _korquad_normal if style == "korquad" else _squad_normal
+    units = (lambda t: list(normal(t).replace(" ", ""))) if style == "korquad" else (lambda t: normal(t).split())
+    em = [max(float(normal(pred[q]) == normal(g)) for g in golds) for q, golds in gold.items()]
+    f = [max(f1(units(pred[q]), units(g)) for g in golds) for q, golds in gold.items()]
+    return {"exact_match": sum(em) / len(em), "f1": sum(f) / len(f)}
+
+
+def _chunks(tags: list[str]) -> set[tuple[int, int, str]]:
+    """conlleval's entities: B-X opens one; I-X continues an X, else opens one (after O or another type)."""
+    found, start, kind = set(), None, None
+    for i, tag in enumerate([*tags, "O"]):
+        prefix, _, typ = tag.partition("-")
+        go_on = prefix == "I" and typ == kind
+        if start is not None and not go_on:
+            found.add((start, i, kind))
+            start = kind = None
+        if prefix in ("B", "I") and not go_on:
+            start, kind = i, typ
+    return found
+
+
+def _entity_scores(pred: list[list[str]], gold: list[list[str]]) -> dict[str, float]:
+    p = {(k, *c) for k, tags in enumerate(pred) for c in _chunks(tags)}
+    g = {(k, *c) for k, tags in enumerate(gold) for c in _chunks(tags)}
+    tp = len(p & g)
+    precision, recall = (tp / len(p) if p else 0.0), (tp / len(g) if g else 0.0)
+    return {"precision": precision, "recall": recall, "f1": 2 * tp / (len(p) + len(g)) if tp else 0.0}
+
+
+def _line_of(record: dict) -> int:
+    return int(record["source"].rsplit(":", 1)[1])
+
+
+def _same_scores(reported: dict, by_hand: dict) -> None:
+    assert set(reported) <= set(by_hand), (reported, by_hand)
+    for name, value in reported.items():
+        assert (value is None) == (by_hand[name] is None), name
+        assert value is None or value == pytest.approx(by_hand[name], abs=1e-9), (name, value, by_hand[name])
+
+
+def _synthetic_by_hand(kind: str, data: Path, preds: list[dict]) -> dict[str, float | None]:
+    """The metrics of the synthetic dev files, from predict's records."""
+    lines = data.read_text(encoding="utf-8").splitlines()
+    if kind == "regression":
+        return _score_scores([p["score"] for p in preds], [float(lines[_line_of(p) - 1].split("\t")[2]) for p in preds])
+    if kind == "multiple-choice":
+        return _label_scores([p["choice"] for p in preds], [json.loads(lines[_line_of(p) - 1])["label"] for p in preds])
+    if kind == "qa":
+        qas = [(qa, par["context"]) for art in json.loads(data.read_text())["data"] for par in art["paragraphs"]
+               for qa in par["qas"]]
+        context = {qa["id"]: ctx for qa, ctx in qas}
+        for p in preds:  # a real span of the context, not an empty answer
+            assert p["answer"] and context[p["id"]][p["start"]:p["start"] + len(p["answer"])] == p["answer"], p
+        return _qa_scores({p["id"]: p["answer"] for p in preds}, {qa["id"]: [a["text"] for a in qa["answers"]]
+                                                                 for qa, _ in qas}, "squad")
+    sentences = [[w.split("\t") for w in block.splitlines() if not w.startswith("#")]
+                 for block in data.read_text(encoding="utf-8").split("\n\n") if block.strip()]
+    sentences = [s for s in sentences if s]
+    assert [p["tokens"] for p in preds] == [[w for w, _ in s] for s in sentences]
+    return _entity_scores([p["tags"] for p in preds], [[t for _, t in s] for s in sentences])
+
+
 def test_cli_evaluate_and_predict_every_family(work: Path, tmp_path: Path, monkeypatch, capsys) -> None:
+    """evaluate reports what the official definitions give on predict's answers for the same file."""
     for kind, family in [("regression", "gpt"), ("multiple-choice", "bert"), ("qa", "bert"), ("tagging", "gpt")]:
         out = tmp_path / kind
         finetune(settings(work, out, kind, family, epochs=1))
@@ -552,17 +687,18 @@ def test_cli_evaluate_and_predict_every_family(work: Path, tmp_path: Path, monke
         metrics = json.loads((tmp_path / f"{kind}.json").read_text())
         assert set(metrics) == set(json.loads((out / "config.json").read_text())["task"]["metric_names"])
         code, stdout, err = _cli(["predict", "--model", out, "--data", data, "--out", tmp_path / f"{kind}.jsonl",
-                                  "--no-progress", "--limit", 5], monkeypatch, capsys)
+                                  "--no-progress"], monkeypatch, capsys)
         assert code == 0, err
         preds = [json.loads(x) for x in (tmp_path / f"{kind}.jsonl").read_text().splitlines()]
-        assert len(preds) == 5
-        key = {"regression": "score", "multiple-choice": "choice", "qa": "answer", "tagging": "tags"}[kind]
-        assert all(key in p for p in preds)
-        if kind == "qa":
-            contexts = json.loads(data.read_text())["data"][0]["paragraphs"]
-            assert preds[0]["answer"] in contexts[0]["context"]
-        if kind == "tagging":
-            assert all(len(p["tags"]) == len(p["tokens"]) for p in preds)
+        assert len(preds) == 60 if kind != "qa" else len(preds) == len(json.loads(data.read_text())["data"]) * 10
+        _same_scores(metrics, _synthetic_by_hand(kind, data, preds))
+        code, stdout, err = _cli(["predict", "--model", out, "--data", data, "--out", tmp_path / f"{kind}-5.jsonl",
+                                  "--no-progress", "--limit", 5], monkeypatch, capsys)
+        assert code == 0, err
+        first = [json.loads(x) for x in (tmp_path / f"{kind}-5.jsonl").read_text().splitlines()]
+        assert len(first) == 5  # the same records, up to float rounding of another batch layout
+        for a, b in zip(first, preds):
+            assert a.keys() == b.keys() and all(a[k] == pytest.approx(b[k], abs=1e-4) for k in a), (a, b)
 
 
 def test_cli_finetune_with_config_and_early_stopping(work: Path, tmp_path: Path, monkeypatch, capsys) -> None:
@@ -744,36 +880,87 @@ REAL = [
 ]
 
 
+def _real_gold(task: str, path: Path, record: dict) -> object:
+    """The gold answer of a predict record, read from the real file with the standard library."""
+    if task == "korquad":
+        answers = {qa["id"]: [a["text"] for a in qa["answers"]] for art in json.loads(path.read_text(encoding="utf-8"))["data"]
+                   for par in art["paragraphs"] for qa in par["qas"]}
+        return answers[record["id"]]
+    lines = path.read_text(encoding="utf-8-sig").splitlines()
+    if task == "storycloze":
+        header, row = next(csv.reader([lines[0]])), next(csv.reader([lines[_line_of(record) - 1]]))
+        return int(row[header.index("AnswerRightEnding")])
+    fields = lines[_line_of(record) - 1].split("\t")
+    if task == "stsb":
+        return float(fields[lines[0].split("\t").index("score")])
+    return fields[{"nsmc": 2, "mrpc": 0, "cola": 1}[task]]
+
+
+def _real_by_hand(task: str, path: Path, preds: list[dict]) -> dict[str, float | None]:
+    gold = [_real_gold(task, path, p) for p in preds]
+    if task == "korquad":
+        return _qa_scores({p["id"]: p["answer"] for p in preds}, {p["id"]: g for p, g in zip(preds, gold)}, "korquad")
+    if task == "stsb":
+        return _score_scores([p["score"] for p in preds], gold)
+    if task == "storycloze":
+        return _label_scores([p["choice"] + 1 for p in preds], gold)
+    return _label_scores([p["label"] for p in preds], gold)
+
+
+def _predicted(out: Path, data: Path, limit: int, tmp_path: Path) -> list[dict]:
+    predict(out, data, tmp_path / "preds.jsonl", limit=limit, progress=False)
+    return [json.loads(x) for x in (tmp_path / "preds.jsonl").read_text().splitlines()]
+
+
 @pytest.mark.parametrize("task,train,dev,extra", REAL, ids=[r[0] for r in REAL])
 def test_real_data_smoke(task: str, train: str, dev: str | None, extra: dict, tmp_path: Path) -> None:
-    """Each named recipe reads its real file and runs end to end (a tiny BERT on MiniLM's vocabulary)."""
+    """Each named recipe reads its real file, runs end to end (a tiny BERT on MiniLM's vocabulary),
+    and reports on its validation examples what the official definitions give on its predictions."""
     vocab = _minilm()
+    limit = 200 if task != "korquad" else 60
     s = make_settings(
         model="bert-tiny", tokenizer=str(vocab), task=task, train=str(_real(train)),
         validation=str(_real(dev)) if dev else None, validation_split=None if dev else 0.25,
-        out=str(tmp_path / task), epochs=1, batch_size=32, lr=1e-3, limit=200 if task != "korquad" else 60,
-        max_seq_len=64, progress=False,
+        out=str(tmp_path / task), epochs=1, batch_size=32, lr=1e-3, limit=limit, max_seq_len=64, progress=False,
     )
     for key, value in extra.items():
         setattr(s, key, value)
-    results = finetune(s)
+    run = FinetuneRun(s)
+    results = run.run()
     recipe_metrics = json.loads((tmp_path / task / "config.json").read_text())["task"]["metric_names"]
     assert set(results["validation"]) == set(recipe_metrics)
-    assert all(math.isfinite(v) for v in results["validation"].values())
+    # the validation examples, predicted again by the saved model and scored by hand
+    data = _real(dev or train)
+    val = {e.id if task == "korquad" else e.source for e in run.val_examples}
+    preds = [p for p in _predicted(tmp_path / task, data, limit, tmp_path) if p.get("id", p["source"]) in val]
+    assert len(preds) == len(val) == results["validation_examples"] == (limit if dev else len(preds))
+    _same_scores(results["validation"], _real_by_hand(task, data, preds))
+    if task == "korquad":  # answers are spans of their context: the offsets point at them
+        for p in preds:
+            assert p["start"] >= 0 and p["answer"], p
 
 
 def test_real_minilm_weights_mrpc_smoke(tmp_path: Path) -> None:
-    """The real all-MiniLM-L6-v2 (a Hugging Face directory) fine-tunes and reloads."""
+    """The real all-MiniLM-L6-v2 (a Hugging Face directory) fine-tunes from its own weights, reloads,
+    and reports MRPC's accuracy and F1 (of class 1) as computed by hand from its predictions."""
+    from safetensors.torch import load_file
+
+    test = _real("glue/MRPC/msr_paraphrase_test.txt")
     s = make_settings(
         model=str(_minilm()), task="mrpc", train=str(_real("glue/MRPC/msr_paraphrase_train.txt")),
-        validation=str(_real("glue/MRPC/msr_paraphrase_test.txt")), out=str(tmp_path / "m"), epochs=1,
-        batch_size=16, lr=5e-5, limit=96, max_seq_len=64, progress=False,
+        validation=str(test), out=str(tmp_path / "m"), epochs=1, batch_size=16, lr=5e-5, limit=96, max_seq_len=64,
+        progress=False,
     )
     results = finetune(s)
-    assert 0.0 <= results["validation"]["accuracy"] <= 1.0
-    assert evaluate(tmp_path / "m", _real("glue/MRPC/msr_paraphrase_test.txt"), limit=96, progress=False) == pytest.approx(
-        results["validation"]
-    )
+    preds = _predicted(tmp_path / "m", test, 96, tmp_path)
+    assert len(preds) == results["validation_examples"] == 96
+    _same_scores(results["validation"], _real_by_hand("mrpc", test, preds))
+    assert evaluate(tmp_path / "m", test, limit=96, progress=False) == pytest.approx(results["validation"])
+    # six steps at 5e-5 from MiniLM's own weights: its embeddings barely move (a fresh init is ~0.02 away)
+    tuned = load_finetuned(tmp_path / "m", "cpu").model.body.embeddings.tok.weight.detach()
+    original = load_file(str(_minilm() / "model.safetensors"))["embeddings.word_embeddings.weight"]
+    assert tuned.shape == original.shape == (30522, 384)
+    assert (tuned - original).abs().max() < 1e-2 and not torch.equal(tuned, original)
 
 
 # --------------------------------------------------------------------------------------------
