@@ -91,6 +91,7 @@ def test_demo_gpt_analysis_layers_transferred_and_zero_shot_over_steps(tmp_path:
     rest) and reports its fine-tuned test accuracy; the zero-shot accuracy at each pretraining
     checkpoint is what the checkpoint's language model prefers, recomputed here by hand."""
     import pretune.train.finetune as ft
+    from pretune.apps.demo.probes import zero_shot_accuracy
     from pretune.inference import predict
 
     transfer, kept = ft.transfer_layers, {}
@@ -125,12 +126,22 @@ def test_demo_gpt_analysis_layers_transferred_and_zero_shot_over_steps(tmp_path:
         lo, hi = _accuracy_range([p["probabilities"]["1"] - p["probabilities"]["0"] for p in preds],
                                  [p["label"] == label for p, (_, label) in zip(preds, rows)])
         assert lo - 1e-9 <= accuracy <= hi + 1e-9, (k, accuracy, lo, hi)
+    # every checkpoint along the way (each 3 steps), and the end; the time budget sets how many there
+    # are: a loaded machine may manage fewer than 3 steps, leaving only the end
     steps = results["pretrain"]["gpt"]["steps"]
-    assert list(a["zero_shot"]) == [*range(3, steps, 3), steps] and len(a["zero_shot"]) >= 2
-    for step, accuracy in a["zero_shot"].items():
-        model_dir = out / "pretrain-gpt" if step == steps else out / "analysis" / f"zero-shot-step-{step}"
-        lo, hi = _zero_shot_by_hand(model_dir, rows)
-        assert lo - 1e-9 <= accuracy <= hi + 1e-9, (step, accuracy, lo, hi)
+    zero = a["zero_shot"]
+    assert list(zero) == [*range(3, steps, 3), steps]
+    model_dir = {step: out / "analysis" / f"zero-shot-step-{step}" for step in zero} | {steps: out / "pretrain-gpt"}
+    for step in sorted({min(zero), list(zero)[len(zero) // 2], steps}):  # the first, one midway, the end
+        lo, hi = _zero_shot_by_hand(model_dir[step], rows)
+        assert lo - 1e-9 <= zero[step] <= hi + 1e-9, (step, zero[step], lo, hi)
+    # the test sample is balanced, where a model with one fixed preference scores 0.5 whichever way the
+    # labels are read: on reviews all labelled 1 it scores how often it prefers the positive ending
+    ones = tmp_path / "ones.tsv"
+    ones.write_text("id\tdocument\tlabel\n" + "".join(f"{k}\t{text}\t1\n" for k, (text, _) in enumerate(rows)),
+                    encoding="utf-8")
+    lo, hi = _zero_shot_by_hand(model_dir[steps], [(text, "1") for text, _ in rows])
+    assert lo - 1e-9 <= zero_shot_accuracy(model_dir[steps], ones) <= hi + 1e-9
     for name in ("layers_transferred.png", "zero_shot.png"):
         assert (out / name).stat().st_size > 0
     report = (out / "report.md").read_text()
