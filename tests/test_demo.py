@@ -53,8 +53,56 @@ def test_demo_pipeline_writes_results_plots_and_report(tmp_path: Path) -> None:
     assert (out / "pretrain-bert" / "model.safetensors").stat().st_mtime_ns == model_mtime
 
 
+NEAR_TIE = 1e-4  # decisions this close may flip between two float orders of the same computation
+
+
+def _accuracy_range(margins: list[float], right: list[bool]) -> tuple[float, float]:
+    """The accuracy of decisions made with these margins, where a near-tie may go either way."""
+    sure = sum(r for m, r in zip(margins, right) if abs(m) >= NEAR_TIE)
+    near = sum(abs(m) < NEAR_TIE for m in margins)
+    return sure / len(right), (sure + near) / len(right)
+
+
+def _zero_shot_by_hand(model_dir: Path, rows: list[tuple[str, str]]) -> tuple[float, float]:
+    """GPT-1's zero-shot sentiment written out: log p(" 최고의 영화" | review) against log p(" 최악의 영화" | review)
+    from the full softmax of the model's logits; the review's label is 1 when the first wins."""
+    from pretune.apps.demo.probes import ZERO_SHOT
+    from pretune.checkpoint import load_model
+
+    loaded = load_model(model_dir)
+    model, tok = loaded.model.eval(), loaded.tokenizer
+    margins, right = [], []
+    for text, label in rows:
+        prefix = tok.encode(text)[: model.cfg.max_positions - 8]
+        logp = {}
+        for name, words in ZERO_SHOT.items():
+            ids = prefix + tok.encode(words)
+            with torch.no_grad():
+                lp = model.lm_logits(model.body(torch.tensor([ids]))[0])[0].double().log_softmax(-1)
+            logp[name] = sum(float(lp[t - 1, ids[t]]) for t in range(len(prefix), len(ids)))
+        margins.append(logp["positive"] - logp["negative"])
+        right.append(("1" if margins[-1] > 0 else "0") == label)
+    return _accuracy_range(margins, right)
+
+
 @pytest.mark.skipif(not (DATA / "nsmc" / "train.tsv").is_file(), reason=f"{DATA}/nsmc is missing")
-def test_demo_gpt_analysis_layers_transferred_and_zero_shot_over_steps(tmp_path: Path) -> None:
+def test_demo_gpt_analysis_layers_transferred_and_zero_shot_over_steps(tmp_path: Path, monkeypatch) -> None:
+    """GPT-1's figure 2: run k keeps the pretrained GPT's first k blocks (and re-initialises the
+    rest) and reports its fine-tuned test accuracy; the zero-shot accuracy at each pretraining
+    checkpoint is what the checkpoint's language model prefers, recomputed here by hand."""
+    import pretune.train.finetune as ft
+    from pretune.apps.demo.probes import zero_shot_accuracy
+    from pretune.inference import predict
+
+    transfer, kept = ft.transfer_layers, {}
+
+    def watched(model, k: int) -> int:  # which blocks are the pretrained ones after the surgery
+        before = [[p.detach().clone() for p in b.parameters()] for b in model.body.blocks]
+        n = transfer(model, k)
+        kept[k] = [all(torch.equal(a, b) for a, b in zip(old, blk.parameters())) for old, blk in zip(before, model.body.blocks)]
+        return n
+
+    monkeypatch.setattr(ft, "transfer_layers", watched)
     s = DemoSettings(
         out=str(tmp_path / "demo"), data_dir=str(DATA), budgets=[64], test_sample=48, validation_size=32,
         corpus_lines=2000, tokenizer_lines=2000, vocab_size=1000, pretrain_seconds=3, seq_len=32,
@@ -67,10 +115,33 @@ def test_demo_gpt_analysis_layers_transferred_and_zero_shot_over_steps(tmp_path:
     assert runs == {("bert", "pretrained"), ("bert", "scratch"), ("gpt", "pretrained"), ("gpt", "scratch")}
     a = results["analysis"]
     n_layers = results["pretrain"]["gpt"]["model"]["n_layers"]
-    assert sorted(a["layers_transferred"]) == list(range(n_layers + 1))  # 0 (nothing) ... all layers
+    assert sorted(a["layers_transferred"]) == sorted(kept) == list(range(n_layers + 1))  # 0 (nothing) ... all layers
+    test_tsv = next(out.rglob("test_sample.tsv"))
+    rows = [tuple(line.split("\t")[1:]) for line in test_tsv.read_text(encoding="utf-8").splitlines()[1:]]
+    assert len(rows) == 48
+    for k, accuracy in a["layers_transferred"].items():
+        assert kept[k] == [True] * k + [False] * (n_layers - k)
+        predict(out / "analysis" / f"transfer-{k}", test_tsv, tmp_path / f"t{k}.jsonl", progress=False)
+        preds = [json.loads(line) for line in (tmp_path / f"t{k}.jsonl").read_text().splitlines()]
+        lo, hi = _accuracy_range([p["probabilities"]["1"] - p["probabilities"]["0"] for p in preds],
+                                 [p["label"] == label for p, (_, label) in zip(preds, rows)])
+        assert lo - 1e-9 <= accuracy <= hi + 1e-9, (k, accuracy, lo, hi)
+    # every checkpoint along the way (each 3 steps), and the end; the time budget sets how many there
+    # are: a loaded machine may manage fewer than 3 steps, leaving only the end
     steps = results["pretrain"]["gpt"]["steps"]
-    assert steps in a["zero_shot"] and len(a["zero_shot"]) >= 2  # checkpoints along the way, and the end
-    assert all(0.0 <= v <= 1.0 for v in [*a["layers_transferred"].values(), *a["zero_shot"].values()])
+    zero = a["zero_shot"]
+    assert list(zero) == [*range(3, steps, 3), steps]
+    model_dir = {step: out / "analysis" / f"zero-shot-step-{step}" for step in zero} | {steps: out / "pretrain-gpt"}
+    for step in sorted({min(zero), list(zero)[len(zero) // 2], steps}):  # the first, one midway, the end
+        lo, hi = _zero_shot_by_hand(model_dir[step], rows)
+        assert lo - 1e-9 <= zero[step] <= hi + 1e-9, (step, zero[step], lo, hi)
+    # the test sample is balanced, where a model with one fixed preference scores 0.5 whichever way the
+    # labels are read: on reviews all labelled 1 it scores how often it prefers the positive ending
+    ones = tmp_path / "ones.tsv"
+    ones.write_text("id\tdocument\tlabel\n" + "".join(f"{k}\t{text}\t1\n" for k, (text, _) in enumerate(rows)),
+                    encoding="utf-8")
+    lo, hi = _zero_shot_by_hand(model_dir[steps], [(text, "1") for text, _ in rows])
+    assert lo - 1e-9 <= zero_shot_accuracy(model_dir[steps], ones) <= hi + 1e-9
     for name in ("layers_transferred.png", "zero_shot.png"):
         assert (out / name).stat().st_size > 0
     report = (out / "report.md").read_text()

@@ -3,15 +3,21 @@ evaluate / predict, real data, and every bad input of the issue. Tiny models, CP
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import json
 import math
 import random
+import re
+import string
+from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from scipy.stats import rankdata
 
 from pretune import cli
 from pretune.checkpoint import load_model, save_model
@@ -23,7 +29,7 @@ from pretune.models import build_model
 from pretune.tasks import TaskModel, TaskSpec, get_family, new_parameter_prefixes
 from pretune.tasks.classification import TextExample
 from pretune.tokenizer import train_tokenizer
-from pretune.train.finetune import FinetuneRun, finetune
+from pretune.train.finetune import FinetuneRun, finetune, improves
 from pretune.train.settings import Columns, FinetuneSettings, TrainSettings
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -292,6 +298,28 @@ def test_aux_lm_loss_is_added_iff_lm_coef_and_averaged_per_sequence(coef: float)
         assert torch.allclose(model(**batch).loss, out.loss, atol=1e-5)
 
 
+def test_aux_lm_loss_over_choices_is_the_mean_of_every_sequences_mean() -> None:
+    """As openai/finetune-transformer-lm on ROCStories: every choice is a sequence of its own (X
+    reshaped to (-1, n_ctx)); each one's next-token loss is averaged over its real tokens after the
+    first (M[:, 1:]), then reduce_mean over all batch x choices sequences."""
+    backbone = _tiny("gpt")
+    model = attach(backbone, "multiple-choice", lm_coef=1.0)
+    examples = [[[1, 5, 6, 4, 8, 3], [1, 5, 6, 4, 9, 9, 7, 3]], [[1, 7, 4, 8, 3], [1, 7, 4, 3]]]
+    batch = Collator(0, extract=True)([{"input_ids": seqs, "label": k} for k, seqs in enumerate(examples)])
+    out = model(**batch)
+    with torch.no_grad():
+        means, losses = [], []
+        for seq in (s for seqs in examples for s in seqs):
+            logp = backbone.lm_logits(backbone.body(torch.tensor([seq]))[0]).log_softmax(-1)[0]
+            nll = [-logp[t, seq[t + 1]] for t in range(len(seq) - 1)]
+            means.append(torch.stack(nll).mean())
+            losses += nll
+        by_sequence, by_token = torch.stack(means).mean(), torch.stack(losses).mean()
+    assert not torch.allclose(by_sequence, by_token, atol=1e-4)
+    assert torch.allclose(out.metrics["lm_loss"], by_sequence, atol=1e-5)
+    assert torch.allclose(out.loss, out.metrics["task_loss"] + by_sequence, atol=1e-5)
+
+
 def test_bert_ignores_lm_coef_and_uses_pooled_cls() -> None:
     backbone = _tiny("bert")
     model = attach(backbone, "classification", ["a", "b"], lm_coef=0.5)
@@ -401,13 +429,13 @@ def test_transfer_layers_keeps_the_first_k(work: Path, pretrained: Path, tmp_pat
     assert torch.all(now["body.blocks.1.mlp.fc1.bias"] == 0)  # re-initialised
 
 
-def test_gpt_special_tokens_added_and_embeddings_resized(work: Path, tmp_path: Path) -> None:
+def _plain_lm_tokenizer(work: Path):
+    """A byte-level BPE with only <|endoftext|>, like a plain LM's: no start / delim / extract."""
     import tokenizers
     from tokenizers import decoders, models, pre_tokenizers, trainers
 
     from pretune.tokenizer import Tokenizer
 
-    # A "pretrained" GPT whose tokenizer has only <|endoftext|>, like a plain LM: no start/delim/extract.
     backend = tokenizers.Tokenizer(models.BPE())
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     backend.decoder = decoders.ByteLevel()
@@ -416,6 +444,14 @@ def test_gpt_special_tokens_added_and_embeddings_resized(work: Path, tmp_path: P
     backend.train([str(work / "corpus.txt")], trainer)
     tok = Tokenizer(backend)
     assert not tok.has_role("start")
+    return tok
+
+
+def test_gpt_special_tokens_added_and_embeddings_resized(work: Path, tmp_path: Path) -> None:
+    from pretune.tokenizer import Tokenizer
+
+    # A "pretrained" GPT whose tokenizer has only <|endoftext|>, like a plain LM: no start/delim/extract.
+    tok = _plain_lm_tokenizer(work)
     torch.manual_seed(0)
     model = build_model(preset("gpt-tiny", vocab_size=tok.vocab_size, max_positions=64))
     pre = save_model(tmp_path / "gpt", model, tok)
@@ -430,6 +466,56 @@ def test_gpt_special_tokens_added_and_embeddings_resized(work: Path, tmp_path: P
     assert all(run.tokenizer.has_role(r) for r in ("start", "delim", "extract", "pad"))
     ids = run.train_features.features[0]["input_ids"]
     assert ids[0] == run.tokenizer.start_id and ids[-1] == run.tokenizer.extract_id
+
+
+def test_untied_gpt_with_added_tokens_fine_tunes_with_the_lm_loss_end_to_end(work: Path, tmp_path: Path, monkeypatch,
+                                                                              capsys) -> None:
+    """An untied GPT (its own output layer) gets GPT-1's tokens added: the output layer grows with
+    the embeddings, and the auxiliary LM loss (--lm-coef 0.5) trains it, new rows included."""
+    from safetensors.torch import load_file
+
+    tok = _plain_lm_tokenizer(work)
+    torch.manual_seed(0)
+    model = build_model(preset("gpt-tiny", vocab_size=tok.vocab_size, tie_embeddings=False, **SMALL))
+    pre = save_model(tmp_path / "gpt", model, tok)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    out = tmp_path / "run"
+    code, stdout, err = _cli(["finetune", "--model", pre, "--task", "classification", "--train", work / "cls_train.tsv",
+                              "--validation", work / "cls_dev.tsv", "--out", out, "--epochs", 1, "--max-seq-len", 48,
+                              "--lm-coef", 0.5, "--lr", 1e-3, "--no-progress"], monkeypatch, capsys)
+    assert code == 0, err
+    assert "added GPT-1 tokens" in stdout + err
+    weights = load_file(str(out / "model.safetensors"))
+    v, h = tok.vocab_size, SMALL["hidden"]
+    emb, lm = weights["body.embeddings.tok.weight"], weights["lm_head.weight"]
+    assert emb.shape == lm.shape == (v + 4, h)  # <|pad|> <|start|> <|delim|> <|extract|> in both
+    assert not torch.equal(emb, lm)  # still untied
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["tie_embeddings"] is False and saved["vocab_size"] == v + 4 and saved["task"]["lm_coef"] == 0.5
+    # the LM loss trained the output layer: its pretrained rows moved, and the extract token (the last
+    # target of every sequence) has a trained row of its own
+    assert not torch.allclose(lm[:v], before["lm_head.weight"], atol=1e-6)
+    extract = load_finetuned(out, "cpu").tokenizer.extract_id
+    assert extract >= v and lm[extract].abs().sum() > 0
+    metrics = evaluate(out, work / "cls_dev.tsv", progress=False)
+    assert metrics == pytest.approx(json.loads((out / "eval_results.json").read_text())["validation"])
+
+
+def test_gpt_tagging_sees_each_word_as_in_running_text(work: Path, tmp_path: Path) -> None:
+    """Byte-level BPE: a word after the first is encoded with its leading space, exactly as the
+    tokenizer encodes the joined sentence; each word's tag sits on its first piece."""
+    run = FinetuneRun(settings(work, tmp_path / "r", "tagging", "gpt"))
+    tok = run.tokenizer
+    assert len(run.train_features.features) == len(run.train_examples)
+    for feat in run.train_features.features:
+        words = run.train_examples[feat["example"]].tokens
+        ids = feat["input_ids"]
+        assert ids[0] == tok.start_id and ids[-1] == tok.extract_id
+        assert ids[1:-1] == tok.encode(" ".join(words))
+        bounds = [*feat["word_starts"], len(ids) - 1]
+        assert [tok.decode(ids[a:b]) for a, b in zip(bounds, bounds[1:])] == [words[0], *(" " + w for w in words[1:])]
+        tagged = [p for p, t in enumerate(feat["tags"]) if t != -100]
+        assert tagged == feat["word_starts"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -482,7 +568,114 @@ def _cli(argv: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.Captur
     return code, captured.out, captured.err
 
 
+# --------------------------------------------------------------------------------------------
+# Scores by hand: the official definitions written out here, to check what evaluate reports
+# against predict's records and gold labels read without pretune's readers
+
+
+def _pearson(x: list[float], y: list[float]) -> float | None:
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    dx, dy = x - x.mean(), y - y.mean()
+    den = math.sqrt((dx * dx).sum() * (dy * dy).sum())
+    return None if den == 0 else float((dx * dy).sum() / den)
+
+
+def _label_scores(pred: list, gold: list, positive: object = "1") -> dict[str, float | None]:
+    tp = sum(p == g == positive for p, g in zip(pred, gold))
+    fp = sum(p == positive != g for p, g in zip(pred, gold))
+    fn = sum(g == positive != p for p, g in zip(pred, gold))
+    tn = len(gold) - tp - fp - fn
+    den = math.sqrt((tp + fp) * (tp + fn) * (tn + fp) * (tn + fn))
+    return {"accuracy": sum(p == g for p, g in zip(pred, gold)) / len(gold),
+            "f1": 2 * tp / (2 * tp + fp + fn) if tp else 0.0,
+            "mcc": (tp * tn - fp * fn) / den if den else 0.0,
+            "pearson": None, "spearman": None}
+
+
+def _score_scores(pred: list[float], gold: list[float]) -> dict[str, float | None]:
+    return {"pearson": _pearson(pred, gold), "spearman": _pearson(rankdata(pred), rankdata(gold))}
+
+
+def _squad_normal(s: str) -> str:  # SQuAD v1.1 evaluate-v1.1.py: lower, no punctuation, no articles, one space
+    s = "".join(ch for ch in s.lower() if ch not in string.punctuation)
+    return " ".join(re.sub(r"\b(a|an|the)\b", " ", s).split())
+
+
+def _korquad_normal(s: str) -> str:  # KorQuAD evaluate-v1.0.py: these symbols to spaces, then as SQuAD but articles kept
+    for ch in "'\"《》<>〈〉()‘’":
+        s = s.replace(ch, " ")
+    return " ".join("".join(ch for ch in s.lower() if ch not in string.punctuation).split())
+
+
+def _qa_scores(pred: dict[str, str], gold: dict[str, list[str]], style: str) -> dict[str, float]:
+    def f1(a: list[str], b: list[str]) -> float:
+        same = sum((Counter(a) & Counter(b)).values())
+        return 0.0 if same == 0 else 2 * same / (len(a) + len(b))
+
+    normal = _korquad_normal if style == "korquad" else _squad_normal
+    units = (lambda t: list(normal(t).replace(" ", ""))) if style == "korquad" else (lambda t: normal(t).split())
+    em = [max(float(normal(pred[q]) == normal(g)) for g in golds) for q, golds in gold.items()]
+    f = [max(f1(units(pred[q]), units(g)) for g in golds) for q, golds in gold.items()]
+    return {"exact_match": sum(em) / len(em), "f1": sum(f) / len(f)}
+
+
+def _chunks(tags: list[str]) -> set[tuple[int, int, str]]:
+    """conlleval's entities: B-X opens one; I-X continues an X, else opens one (after O or another type)."""
+    found, start, kind = set(), None, None
+    for i, tag in enumerate([*tags, "O"]):
+        prefix, _, typ = tag.partition("-")
+        go_on = prefix == "I" and typ == kind
+        if start is not None and not go_on:
+            found.add((start, i, kind))
+            start = kind = None
+        if prefix in ("B", "I") and not go_on:
+            start, kind = i, typ
+    return found
+
+
+def _entity_scores(pred: list[list[str]], gold: list[list[str]]) -> dict[str, float]:
+    p = {(k, *c) for k, tags in enumerate(pred) for c in _chunks(tags)}
+    g = {(k, *c) for k, tags in enumerate(gold) for c in _chunks(tags)}
+    tp = len(p & g)
+    precision, recall = (tp / len(p) if p else 0.0), (tp / len(g) if g else 0.0)
+    return {"precision": precision, "recall": recall, "f1": 2 * tp / (len(p) + len(g)) if tp else 0.0}
+
+
+def _line_of(record: dict) -> int:
+    return int(record["source"].rsplit(":", 1)[1])
+
+
+def _same_scores(reported: dict, by_hand: dict) -> None:
+    assert set(reported) <= set(by_hand), (reported, by_hand)
+    for name, value in reported.items():
+        assert (value is None) == (by_hand[name] is None), name
+        assert value is None or value == pytest.approx(by_hand[name], abs=1e-9), (name, value, by_hand[name])
+
+
+def _synthetic_by_hand(kind: str, data: Path, preds: list[dict]) -> dict[str, float | None]:
+    """The metrics of the synthetic dev files, from predict's records."""
+    lines = data.read_text(encoding="utf-8").splitlines()
+    if kind == "regression":
+        return _score_scores([p["score"] for p in preds], [float(lines[_line_of(p) - 1].split("\t")[2]) for p in preds])
+    if kind == "multiple-choice":
+        return _label_scores([p["choice"] for p in preds], [json.loads(lines[_line_of(p) - 1])["label"] for p in preds])
+    if kind == "qa":
+        qas = [(qa, par["context"]) for art in json.loads(data.read_text())["data"] for par in art["paragraphs"]
+               for qa in par["qas"]]
+        context = {qa["id"]: ctx for qa, ctx in qas}
+        for p in preds:  # a real span of the context, not an empty answer
+            assert p["answer"] and context[p["id"]][p["start"]:p["start"] + len(p["answer"])] == p["answer"], p
+        return _qa_scores({p["id"]: p["answer"] for p in preds}, {qa["id"]: [a["text"] for a in qa["answers"]]
+                                                                 for qa, _ in qas}, "squad")
+    sentences = [[w.split("\t") for w in block.splitlines() if not w.startswith("#")]
+                 for block in data.read_text(encoding="utf-8").split("\n\n") if block.strip()]
+    sentences = [s for s in sentences if s]
+    assert [p["tokens"] for p in preds] == [[w for w, _ in s] for s in sentences]
+    return _entity_scores([p["tags"] for p in preds], [[t for _, t in s] for s in sentences])
+
+
 def test_cli_evaluate_and_predict_every_family(work: Path, tmp_path: Path, monkeypatch, capsys) -> None:
+    """evaluate reports what the official definitions give on predict's answers for the same file."""
     for kind, family in [("regression", "gpt"), ("multiple-choice", "bert"), ("qa", "bert"), ("tagging", "gpt")]:
         out = tmp_path / kind
         finetune(settings(work, out, kind, family, epochs=1))
@@ -494,17 +687,18 @@ def test_cli_evaluate_and_predict_every_family(work: Path, tmp_path: Path, monke
         metrics = json.loads((tmp_path / f"{kind}.json").read_text())
         assert set(metrics) == set(json.loads((out / "config.json").read_text())["task"]["metric_names"])
         code, stdout, err = _cli(["predict", "--model", out, "--data", data, "--out", tmp_path / f"{kind}.jsonl",
-                                  "--no-progress", "--limit", 5], monkeypatch, capsys)
+                                  "--no-progress"], monkeypatch, capsys)
         assert code == 0, err
         preds = [json.loads(x) for x in (tmp_path / f"{kind}.jsonl").read_text().splitlines()]
-        assert len(preds) == 5
-        key = {"regression": "score", "multiple-choice": "choice", "qa": "answer", "tagging": "tags"}[kind]
-        assert all(key in p for p in preds)
-        if kind == "qa":
-            contexts = json.loads(data.read_text())["data"][0]["paragraphs"]
-            assert preds[0]["answer"] in contexts[0]["context"]
-        if kind == "tagging":
-            assert all(len(p["tags"]) == len(p["tokens"]) for p in preds)
+        assert len(preds) == 60 if kind != "qa" else len(preds) == len(json.loads(data.read_text())["data"]) * 10
+        _same_scores(metrics, _synthetic_by_hand(kind, data, preds))
+        code, stdout, err = _cli(["predict", "--model", out, "--data", data, "--out", tmp_path / f"{kind}-5.jsonl",
+                                  "--no-progress", "--limit", 5], monkeypatch, capsys)
+        assert code == 0, err
+        first = [json.loads(x) for x in (tmp_path / f"{kind}-5.jsonl").read_text().splitlines()]
+        assert len(first) == 5  # the same records, up to float rounding of another batch layout
+        for a, b in zip(first, preds):
+            assert a.keys() == b.keys() and all(a[k] == pytest.approx(b[k], abs=1e-4) for k in a), (a, b)
 
 
 def test_cli_finetune_with_config_and_early_stopping(work: Path, tmp_path: Path, monkeypatch, capsys) -> None:
@@ -520,6 +714,144 @@ def test_cli_finetune_with_config_and_early_stopping(work: Path, tmp_path: Path,
     results = json.loads((tmp_path / "run" / "eval_results.json").read_text())
     assert results["steps"] < 20 * results["steps_per_epoch"]  # stopped early: lr too small to improve
     assert "metric" in stdout and "accuracy" in stdout
+
+
+def test_keep_last_must_keep_a_checkpoint(work: Path, tmp_path: Path, monkeypatch, capsys) -> None:
+    msg = _fail([*_base(work, tmp_path), "--task", "classification", "--train", work / "cls_train.tsv",
+                 "--validation", work / "cls_dev.tsv", "--keep-last", 0], monkeypatch, capsys)
+    assert msg.endswith("--keep-last must be at least 1, got 0")
+    assert not (tmp_path / "o" / "checkpoints").exists()
+
+
+# Validation accuracy by epoch: the best at 1, then two misses, so --patience 2 stops after epoch 3.
+SCRIPTED = {1: 0.6, 2: 0.5, 3: 0.55, 4: 0.9}
+
+
+@pytest.mark.parametrize("crash_epoch", [1, 2])
+def test_patience_counts_each_evaluation_once_across_a_crash_and_resume(work: Path, tmp_path: Path, monkeypatch,
+                                                                         crash_epoch: int) -> None:
+    """A run killed after evaluating an epoch but before saving its checkpoint repeats that
+    evaluation on --resume; it must not count twice against --patience (nor a repeated best as a miss)."""
+    from pretune.train.trainer import Trainer
+
+    monkeypatch.setattr(FinetuneRun, "eval_fn",
+                        lambda self, model: {"val_accuracy": SCRIPTED[self.trainer.step // self.steps_per_epoch]})
+    run = lambda out, **kw: finetune(settings(work, tmp_path / out, "classification", "bert", epochs=4,  # noqa: E731
+                                              patience=2, **kw))
+    straight = run("straight")
+    spe = straight["steps_per_epoch"]
+    assert straight["steps"] == 3 * spe and straight["best_step"] == spe
+
+    save, killed = Trainer.save_checkpoint, []
+
+    def killed_before_saving(self: Trainer):
+        if self.step == crash_epoch * spe and not killed:
+            killed.append(self.step)
+            raise RuntimeError("killed between evaluation and saving")
+        return save(self)
+
+    monkeypatch.setattr(Trainer, "save_checkpoint", killed_before_saving)
+    with pytest.raises(RuntimeError, match="killed"):
+        run("crashed")
+    resumed = run("crashed", resume=True)
+    assert killed == [crash_epoch * spe]
+    assert (resumed["steps"], resumed["best_step"], resumed["best_epoch"]) == (3 * spe, spe, 1.0)
+    best = json.loads((tmp_path / "crashed" / "best.json").read_text())
+    assert best == json.loads((tmp_path / "straight" / "best.json").read_text())
+    assert (best["bad"], best["counted"], best["value"]) == (2, 3 * spe, 0.6)
+
+
+def test_constant_predictions_report_null_once_and_never_save_a_best(work: Path, tmp_path: Path, monkeypatch,
+                                                                      capsys) -> None:
+    """Identical inputs give constant predictions, whose correlation is undefined: null in the
+    results with one plain warning per metric at the end, n/a in the table, and never a "best"."""
+    same = _tsv(tmp_path / "same.tsv", ["text", "text2", "score"], [["the cat sat", "a good dog", y] for y in (0, 1, 2, 1)])
+    args = [*_base(work, tmp_path), "--task", "regression", "--text-pair-col", "text2", "--label-col", "score",
+            "--train", work / "reg_train.tsv", "--epochs", 2, "--max-seq-len", 32, "--eval-batch-size", 1, "--no-progress"]
+    code, stdout, err = _cli(["finetune", *args, "--validation", work / "reg_dev.tsv", "--test", same], monkeypatch, capsys)
+    assert code == 0, err
+    results = json.loads((tmp_path / "o" / "eval_results.json").read_text())
+    assert results["test"] == {"pearson": None, "spearman": None} and results["split"] == "test"
+    assert results["spearman"] is None and all(isinstance(v, float) for v in results["validation"].values())
+    warned = [line for line in err.splitlines() if "warning" in line]
+    assert len(warned) == 2, err
+    for line, name in zip(warned, ("Pearson", "Spearman")):
+        assert line.startswith(f"pretune finetune: warning: {name} correlation is undefined: the predictions are constant")
+        assert line.endswith("; reported as null")
+    assert [line.split()[1:] for line in stdout.splitlines() if line.startswith(("pearson", "spearman"))] == [
+        [_fmt(results["validation"]["pearson"]), "n/a"], [_fmt(results["validation"]["spearman"]), "n/a"]]
+    # validated on constant predictions: every evaluation is null, nothing is saved as the best
+    out = tmp_path / "never"
+    code, _, err = _cli(["finetune", *args, "--validation", same, "--out", out], monkeypatch, capsys)
+    assert code == 2
+    assert [line for line in err.splitlines() if line.startswith("pretune")] == [
+        "pretune finetune: error: no evaluation gave a defined spearman (the model predicts a constant), so no best "
+        "checkpoint was saved; train longer or raise --lr"]
+    evals = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if "val_spearman" in line]
+    assert len(evals) == 2 and all(e["val_spearman"] is None and e["val_pearson"] is None for e in evals)
+    assert json.loads((out / "best.json").read_text())["value"] is None
+    assert not (out / "model.safetensors").exists() and not (out / "eval_results.json").exists()
+
+
+def _fmt(value: float) -> str:
+    return f"{value:.4f}"
+
+
+def test_improves_ranks_undefined_below_any_number() -> None:
+    assert improves(0.1, None) and improves(-0.5, None) and improves(0.2, 0.1)
+    assert not improves(None, None) and not improves(None, -1.0) and not improves(0.1, 0.1) and not improves(0.0, 0.1)
+
+
+# KorQuAD 1.0: answers on which its official evaluation and SQuAD's disagree. Per question: the
+# context, the gold answer, and what the "model" answers after epochs 1 and 2 (then nothing).
+KOREAN = {
+    "q1": ("박경리의 대하소설 《토지》는 1969년에 연재를 시작했다.", "《토지》", "토지", "박경리"),
+    "q2": ("The Beatles는 리버풀에서 결성되었다.", "The Beatles", "박경리", "Beatles"),
+    "q3": ("그 회의는 서울에서 열렸다.", "서울", "서울에서", "부산"),
+}
+# By hand (see tests/test_metrics.py for each pair):
+#   epoch 1: q1 토지 vs 《토지》 KorQuAD EM 1 F1 1, SQuAD 0 0; q2 0 0; q3 서울에서 vs 서울 KorQuAD F1 2/3, SQuAD 0
+#     -> KorQuAD EM 1/3, F1 (1 + 0 + 2/3)/3 = 5/9; SQuAD EM 0, F1 0
+#   epoch 2: q2 Beatles vs The Beatles SQuAD EM 1 F1 1, KorQuAD EM 0 F1 14/17; q1, q3 0
+#     -> KorQuAD EM 0, F1 14/51; SQuAD EM 1/3, F1 1/3
+#   epoch 3: empty answers, 0 everywhere
+QA_STYLE_CASES = [
+    ("korquad", 1.0, {"exact_match": 1 / 3, "f1": 5 / 9}, "KorQuAD 1.0 official evaluation"),
+    ("qa", 2.0, {"exact_match": 1 / 3, "f1": 1 / 3}, "SQuAD v1.1 official evaluation"),
+]
+
+
+@pytest.mark.parametrize("task,best_epoch,scores,scored_with", QA_STYLE_CASES, ids=[c[0] for c in QA_STYLE_CASES])
+def test_korquad_recipe_scores_and_selects_by_korquads_official_evaluation(
+    work: Path, tmp_path: Path, monkeypatch, task: str, best_epoch: float, scores: dict, scored_with: str
+) -> None:
+    """Through the recipe, the family and the run: the korquad recipe picks its best epoch by KorQuAD's
+    F1 and reports KorQuAD's EM / F1; the generic qa recipe, on the same answers, SQuAD's."""
+    from pretune.tasks.base import Predictions
+    from pretune.tasks.qa import QuestionAnswering
+
+    articles = [{"title": qid, "paragraphs": [{"context": ctx, "qas": [
+        {"id": qid, "question": "무엇인가", "answers": [{"text": gold, "answer_start": ctx.index(gold)}]}]}]}
+        for qid, (ctx, gold, *_) in KOREAN.items()]
+    data = tmp_path / "korquad.json"
+    data.write_text(json.dumps({"version": "KorQuAD_v1.0", "data": articles}, ensure_ascii=False), encoding="utf-8")
+    seen: list[torch.Tensor] = []  # the logits of each evaluated model: which epoch is being decoded
+
+    def scripted_decode(self, spec, examples, fs, logits):
+        flat = torch.cat([lg.flatten().float() for lg in logits])
+        epoch = next((k for k, x in enumerate(seen, 1) if torch.allclose(x, flat, atol=1e-4)), None)
+        if epoch is None:
+            seen.append(flat)
+            epoch = len(seen)
+        return Predictions({e.id: (KOREAN[e.id][1 + epoch] if epoch <= 2 else "", -1, 0.0) for e in examples})
+
+    monkeypatch.setattr(QuestionAnswering, "decode", scripted_decode)
+    results = finetune(settings(work, tmp_path / "run", "qa", "bert", task=task, train=str(data), validation=str(data),
+                                epochs=3, batch_size=2))
+    assert len(seen) == 3  # the final scoring decoded the saved best model: one of the three epochs
+    assert results["best_epoch"] == best_epoch and results["main_metric"] == "f1"
+    assert results["validation"] == pytest.approx(scores) and results["scored_with"] == scored_with
+    assert json.loads((tmp_path / "run" / "best.json").read_text())["value"] == pytest.approx(scores["f1"])
 
 
 # --------------------------------------------------------------------------------------------
@@ -548,36 +880,87 @@ REAL = [
 ]
 
 
+def _real_gold(task: str, path: Path, record: dict) -> object:
+    """The gold answer of a predict record, read from the real file with the standard library."""
+    if task == "korquad":
+        answers = {qa["id"]: [a["text"] for a in qa["answers"]] for art in json.loads(path.read_text(encoding="utf-8"))["data"]
+                   for par in art["paragraphs"] for qa in par["qas"]}
+        return answers[record["id"]]
+    lines = path.read_text(encoding="utf-8-sig").splitlines()
+    if task == "storycloze":
+        header, row = next(csv.reader([lines[0]])), next(csv.reader([lines[_line_of(record) - 1]]))
+        return int(row[header.index("AnswerRightEnding")])
+    fields = lines[_line_of(record) - 1].split("\t")
+    if task == "stsb":
+        return float(fields[lines[0].split("\t").index("score")])
+    return fields[{"nsmc": 2, "mrpc": 0, "cola": 1}[task]]
+
+
+def _real_by_hand(task: str, path: Path, preds: list[dict]) -> dict[str, float | None]:
+    gold = [_real_gold(task, path, p) for p in preds]
+    if task == "korquad":
+        return _qa_scores({p["id"]: p["answer"] for p in preds}, {p["id"]: g for p, g in zip(preds, gold)}, "korquad")
+    if task == "stsb":
+        return _score_scores([p["score"] for p in preds], gold)
+    if task == "storycloze":
+        return _label_scores([p["choice"] + 1 for p in preds], gold)
+    return _label_scores([p["label"] for p in preds], gold)
+
+
+def _predicted(out: Path, data: Path, limit: int, tmp_path: Path) -> list[dict]:
+    predict(out, data, tmp_path / "preds.jsonl", limit=limit, progress=False)
+    return [json.loads(x) for x in (tmp_path / "preds.jsonl").read_text().splitlines()]
+
+
 @pytest.mark.parametrize("task,train,dev,extra", REAL, ids=[r[0] for r in REAL])
 def test_real_data_smoke(task: str, train: str, dev: str | None, extra: dict, tmp_path: Path) -> None:
-    """Each named recipe reads its real file and runs end to end (a tiny BERT on MiniLM's vocabulary)."""
+    """Each named recipe reads its real file, runs end to end (a tiny BERT on MiniLM's vocabulary),
+    and reports on its validation examples what the official definitions give on its predictions."""
     vocab = _minilm()
+    limit = 200 if task != "korquad" else 60
     s = make_settings(
         model="bert-tiny", tokenizer=str(vocab), task=task, train=str(_real(train)),
         validation=str(_real(dev)) if dev else None, validation_split=None if dev else 0.25,
-        out=str(tmp_path / task), epochs=1, batch_size=32, lr=1e-3, limit=200 if task != "korquad" else 60,
-        max_seq_len=64, progress=False,
+        out=str(tmp_path / task), epochs=1, batch_size=32, lr=1e-3, limit=limit, max_seq_len=64, progress=False,
     )
     for key, value in extra.items():
         setattr(s, key, value)
-    results = finetune(s)
+    run = FinetuneRun(s)
+    results = run.run()
     recipe_metrics = json.loads((tmp_path / task / "config.json").read_text())["task"]["metric_names"]
     assert set(results["validation"]) == set(recipe_metrics)
-    assert all(math.isfinite(v) for v in results["validation"].values())
+    # the validation examples, predicted again by the saved model and scored by hand
+    data = _real(dev or train)
+    val = {e.id if task == "korquad" else e.source for e in run.val_examples}
+    preds = [p for p in _predicted(tmp_path / task, data, limit, tmp_path) if p.get("id", p["source"]) in val]
+    assert len(preds) == len(val) == results["validation_examples"] == (limit if dev else len(preds))
+    _same_scores(results["validation"], _real_by_hand(task, data, preds))
+    if task == "korquad":  # answers are spans of their context: the offsets point at them
+        for p in preds:
+            assert p["start"] >= 0 and p["answer"], p
 
 
 def test_real_minilm_weights_mrpc_smoke(tmp_path: Path) -> None:
-    """The real all-MiniLM-L6-v2 (a Hugging Face directory) fine-tunes and reloads."""
+    """The real all-MiniLM-L6-v2 (a Hugging Face directory) fine-tunes from its own weights, reloads,
+    and reports MRPC's accuracy and F1 (of class 1) as computed by hand from its predictions."""
+    from safetensors.torch import load_file
+
+    test = _real("glue/MRPC/msr_paraphrase_test.txt")
     s = make_settings(
         model=str(_minilm()), task="mrpc", train=str(_real("glue/MRPC/msr_paraphrase_train.txt")),
-        validation=str(_real("glue/MRPC/msr_paraphrase_test.txt")), out=str(tmp_path / "m"), epochs=1,
-        batch_size=16, lr=5e-5, limit=96, max_seq_len=64, progress=False,
+        validation=str(test), out=str(tmp_path / "m"), epochs=1, batch_size=16, lr=5e-5, limit=96, max_seq_len=64,
+        progress=False,
     )
     results = finetune(s)
-    assert 0.0 <= results["validation"]["accuracy"] <= 1.0
-    assert evaluate(tmp_path / "m", _real("glue/MRPC/msr_paraphrase_test.txt"), limit=96, progress=False) == pytest.approx(
-        results["validation"]
-    )
+    preds = _predicted(tmp_path / "m", test, 96, tmp_path)
+    assert len(preds) == results["validation_examples"] == 96
+    _same_scores(results["validation"], _real_by_hand("mrpc", test, preds))
+    assert evaluate(tmp_path / "m", test, limit=96, progress=False) == pytest.approx(results["validation"])
+    # six steps at 5e-5 from MiniLM's own weights: its embeddings barely move (a fresh init is ~0.02 away)
+    tuned = load_finetuned(tmp_path / "m", "cpu").model.body.embeddings.tok.weight.detach()
+    original = load_file(str(_minilm() / "model.safetensors"))["embeddings.word_embeddings.weight"]
+    assert tuned.shape == original.shape == (30522, 384)
+    assert (tuned - original).abs().max() < 1e-2 and not torch.equal(tuned, original)
 
 
 # --------------------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ from pretune.data.pretraining import (
     BertInstanceConfig,
     BertPretrainingStream,
     GPTPretrainingStream,
+    Instances,
     _truncate_counts,
     create_instances,
     iter_eval_batches,
@@ -341,7 +342,10 @@ def test_nsp_pairs_follow_the_original(bert_corpus: PreparedCorpus) -> None:
     sent, docs = bert_corpus.sentences("train"), bert_corpus.documents("train")
     inst = create_instances(sent, docs, range(bert_corpus.num_documents("train")), cfg, random.Random(0))
     assert len(inst) > 4000
-    assert abs((inst.nsp == 1).mean() - 0.5) < 0.02  # 1-sentence chunks force random next, as in BERT
+    # NSP stays balanced: a one-sentence chunk is not forced to a random next as in the original but,
+    # half the time, cut inside its sentence into A and its continuation B (a deliberate deviation,
+    # see the docstring of pretune/data/pretraining.py)
+    assert abs((inst.nsp == 1).mean() - 0.5) < 0.02
     assert (inst.a_len >= 1).all() and (inst.b_len >= 1).all()
     assert (inst.a_len + inst.b_len <= cfg.seq_len - 3).all()
     da = instance_docs(bert_corpus, "train", inst.a_start)
@@ -352,6 +356,8 @@ def test_nsp_pairs_follow_the_original(bert_corpus: PreparedCorpus) -> None:
     # IsNext: B is exactly the text after A, unless truncation cut tokens in between
     full = inst.a_len + inst.b_len < cfg.seq_len - 3
     assert (inst.b_start[nxt & full] == (inst.a_start + inst.a_len)[nxt & full]).all()
+    cut_inside = nxt & full & ~np.isin(inst.b_start, sent)  # an untruncated B starting mid-sentence
+    assert cut_inside.sum() > 0.05 * nxt.sum()  # the original makes none: it never cuts a sentence
     assert (inst.b_start[nxt] >= (inst.a_start + inst.a_len)[nxt]).all()
     # A starts at a sentence boundary unless it was truncated from the front
     assert np.isin(inst.a_start[full], sent).mean() > 0.99
@@ -427,11 +433,52 @@ def test_bert_stream_resumes_bit_exactly(bert_corpus: PreparedCorpus, wordpiece:
     resumed = make()
     resumed.load_state_dict(torch.load(_roundtrip(state), weights_only=False))
     assert same_batches(collect(resumed, 23), reference[17:])
-    # another epoch draws new masks (dynamic) or reuses the fixed ones in a new order (static)
+    # another seed is another stream, and a state saved under one seed is refused by the other
+    # (what another epoch does to the masks: test_masks_are_redrawn_each_epoch_only_with_dynamic_masking)
     other = BertPretrainingStream(bert_corpus, "val", wordpiece, cfg, batch_size=16, seed=8)
     assert not same_batches(collect(other, 3), reference[:3])
     with pytest.raises(PretuneError, match="seed"):
         other.load_state_dict(state)
+
+
+def _masked_by_epoch(stream: BertPretrainingStream, epochs: int) -> list[list[tuple]]:
+    """Per epoch, sorted ``((a_start, a_len), masked input ids)`` of every instance the stream yields."""
+    parts: list[list[Instances]] = [[] for _ in range(epochs)]
+    while stream.epoch < epochs:
+        epoch = stream.epoch  # a batch of one instance: the epoch it belongs to is the one before the call
+        parts[epoch].append(stream.next_instances())
+    out = []
+    for chunks in parts:
+        inst = Instances.concat(chunks)
+        ids = stream.builder.collate(inst)["input_ids"].tolist()
+        out.append(sorted(zip(zip(inst.a_start.tolist(), inst.a_len.tolist()), map(tuple, ids))))
+    return out
+
+
+@pytest.mark.parametrize("dynamic", [True, False])
+def test_masks_are_redrawn_each_epoch_only_with_dynamic_masking(bert_corpus: PreparedCorpus, wordpiece: Tokenizer,
+                                                                dynamic: bool) -> None:
+    """Without NSP and short sequences every epoch makes the same instances (fixed runs of each
+    document), so one instance's masks can be compared across epochs: dynamic masking (RoBERTa's)
+    draws new ones every epoch; static masking (BERT's) visits the same dupe_factor copies again."""
+    cfg = BertInstanceConfig(seq_len=64, nsp=False, short_seq_prob=0.0, dynamic_masking=dynamic, dupe_factor=2,
+                             chunk_docs=3)
+    first, second = _masked_by_epoch(BertPretrainingStream(bert_corpus, "val", wordpiece, cfg, batch_size=1, seed=7), 2)
+    keys = [k for k, _ in first]
+    assert keys == [k for k, _ in second] and len(set(keys)) > 100  # the same instances each epoch
+    copies = 1 if dynamic else cfg.dupe_factor
+    assert len(keys) == copies * len(set(keys))
+    tokens = bert_corpus.tokens("val")
+    assert all(ids[1:1 + n] != tuple(tokens[a:a + n].tolist()) for (a, n), ids in first)  # each has masked tokens
+    same = sum(a == b for a, b in zip(first, second))
+    if dynamic:
+        assert same < len(keys) / 20  # new masks for (almost) every instance
+    else:
+        assert first == second  # the same masked copies, visited again
+        pairs = {}
+        for key, ids in first:
+            pairs.setdefault(key, set()).add(ids)
+        assert sum(len(v) == copies for v in pairs.values()) > 0.95 * len(pairs)  # the copies' masks differ
 
 
 def _roundtrip(state: dict) -> object:

@@ -77,9 +77,14 @@ def matthews(predictions: Sequence[int], references: Sequence[int]) -> float:
 
     When either side holds a single class the formula divides by zero; scikit-learn documents
     that it then returns 0.0, and GLUE's CoLA score (computed with scikit-learn) does the same,
-    so we keep that convention to stay comparable rather than report it as undefined.
+    so we keep that convention to stay comparable rather than report it as undefined. (When both
+    sides hold the same single class scikit-learn also warns about the confusion matrix's shape,
+    which a caller cannot act on: that warning is not passed on.)
     """
-    return float(skm.matthews_corrcoef(*_pair(references, predictions)))
+    r, p = _pair(references, predictions)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="A single label was found", category=UserWarning)
+        return float(skm.matthews_corrcoef(r, p))
 
 
 def _undefined_because(p: np.ndarray, r: np.ndarray) -> str | None:

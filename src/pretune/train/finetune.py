@@ -142,13 +142,20 @@ def improves(value: float | None, best: float | None) -> bool:
     return value is not None and (best is None or value > best)
 
 
+def _fresh_best() -> dict[str, Any]:
+    """``best.json`` before any evaluation: the best value and its step, the evaluations without
+    improvement since (``bad``), and the step of the last evaluation counted (``counted``)."""
+    return {"value": None, "step": 0, "bad": 0, "counted": 0}
+
+
 def _read_best(out: Path) -> dict[str, Any]:
     path = out / BEST_STATE
     if path.is_file():
         data = json.loads(path.read_text(encoding="utf-8"))
         data.setdefault("bad", 0)
+        data.setdefault("counted", data.get("step", 0))  # written before "counted" existed
         return data
-    return {"value": None, "step": 0, "bad": 0}
+    return _fresh_best()
 
 
 class FinetuneRun:
@@ -217,7 +224,7 @@ class FinetuneRun:
         max_steps = max(1, math.ceil(s.epochs * self.steps_per_epoch))
         self.eval_batch_size = s.eval_batch_size or 2 * s.batch_size
         run = s.trainer
-        self.best: dict[str, Any] = _read_best(self.out) if run.resume else {"value": None, "step": 0, "bad": 0}
+        self.best: dict[str, Any] = _read_best(self.out) if run.resume else _fresh_best()
         # Discriminative learning rates: the body at --lr (layer-decayed), new layers at --head-lr.
         groups = param_groups(self.model, run.lr, run.weight_decay, head_lr=s.head_lr, head_prefixes=new_prefixes,
                               layer_decay=s.layer_decay)
@@ -243,19 +250,27 @@ class FinetuneRun:
         return {f"val_{k}": v for k, v in metrics.items()}
 
     def on_eval(self, step: int, metrics: dict[str, float | None]) -> bool:
-        """Save the checkpoint when the main metric improves; True (stop) after --patience misses."""
+        """Save the checkpoint when the main metric improves; True (stop) after --patience misses.
+
+        An evaluation is counted once: ``best.json`` records the step of the last one counted, so a
+        run that stopped after evaluating but before its checkpoint was written, resumed with
+        ``--resume``, repeats that evaluation without counting it again against ``--patience``.
+        """
         best, patience = self.best, self.settings.patience
         value = metrics[f"val_{self.spec.main_metric}"]
         epoch = step / self.steps_per_epoch
-        improved = improves(value, best["value"])
-        if improved:
-            best.update(value=value, step=step, bad=0, epoch=round(epoch, 3), metrics=metrics)
+        repeat = step <= best["counted"]
+        improved = (step == best["step"] and value is not None) if repeat else improves(value, best["value"])
+        if improved:  # a repeated best is saved again: the weights on disk are this run's
+            best.update(value=value, step=step, bad=best["bad"] if repeat else 0, epoch=round(epoch, 3), metrics=metrics)
             save_model(self.out, self.model, self.tokenizer, task=self.spec)
-        else:
+        elif not repeat:
             best["bad"] += 1
+        best["counted"] = max(step, best["counted"])
         write_json(self.out / BEST_STATE, best)
         shown = "  ".join(f"{k[4:]} {_fmt(v)}" for k, v in metrics.items())
-        tqdm.write(f"epoch {epoch:.2f} (step {step}): {shown}" + ("  [best, saved]" if improved else ""))
+        note = "  (evaluated before the resume; counted once)" if repeat else ""
+        tqdm.write(f"epoch {epoch:.2f} (step {step}): {shown}" + ("  [best, saved]" if improved else "") + note)
         return bool(patience) and best["bad"] >= patience
 
     # --- the run ---------------------------------------------------------------------------
