@@ -87,7 +87,8 @@ def export_hf(model: nn.Module, out_dir: str | Path, tokenizer: Any | None = Non
     """Write a Hugging Face directory (config.json, model.safetensors, tokenizer files) atomically."""
     cfg: ModelConfig = model.cfg
     state = state_dict_for_saving(model, exclude)
-    with_heads = any(k.startswith(("mlm.", "nsp.")) for k in state)
+    # a tied GPT always has its LM output layer (the token embedding)
+    with_heads = any(k.startswith(("mlm.", "nsp.", "lm_head.")) for k in state) or (cfg.family == "gpt" and cfg.tie_embeddings)
     hf_state = hf.to_hf_state_dict(state, cfg)
     hf_cfg = hf.config_to_hf(cfg, with_heads, tokenizer.hf_token_ids() if tokenizer is not None else None)
     with atomic_dir(out_dir) as tmp:

@@ -309,7 +309,7 @@ def config_to_hf(cfg: ModelConfig, with_heads: bool = True, token_ids: dict[str,
     hf.update({key: getattr(cfg, ours) for ours, (key, _) in arch.keys.items()})
     hf.update({key: getattr(cfg, ours) for key, ours in arch.export_copies.items()})
     hf[arch.act_key] = arch.act_names[cfg.activation]
-    hf.update(token_ids or {})
+    hf.update({"bos_token_id": None, "eos_token_id": None, **(token_ids or {})})  # not transformers' GPT-2 ids
     back = config_from_hf(hf, source="export")
     differ = [f for f in ("norm", "embed_norm", "type_vocab_size", "ffn") if getattr(back, f) != getattr(cfg, f)]
     if differ:

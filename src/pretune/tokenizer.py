@@ -76,20 +76,6 @@ def _role_property(role: str) -> property:
     return property(get)
 
 
-def parse_roles(items: list[str] | dict[str, str] | None) -> dict[str, str]:
-    """``["mask=<mask>", "eos=</s>"]`` as ``{role: token}`` (the ``--token-role`` flag)."""
-    if isinstance(items, dict):
-        pairs = list(items.items())
-    else:
-        pairs = [tuple(item.split("=", 1)) if "=" in item else (item, None) for item in items or []]
-    out = {}
-    for role, token in pairs:
-        if token is None or role not in ROLE_CANDIDATES or not token:
-            raise PretuneError(f"--token-role {role}: give ROLE=TOKEN with ROLE one of {', '.join(ROLES)} (e.g. mask=<mask>)")
-        out[role] = token
-    return out
-
-
 class Tokenizer:
     """A tokenizer of any ``tokenizers`` model type, with the tokens playing each special role.
 
@@ -110,12 +96,14 @@ class Tokenizer:
         self.backend = backend
         self.roles: dict[str, str] = {}
         self._special_ids: frozenset[int] | None = None
-        self.set_roles(parse_roles(dict(roles or {})))
+        self.set_roles(roles or {})
 
     def set_roles(self, roles: Mapping[str, str], *, strict: bool = True) -> None:
         """Name the tokens of some roles, and mark them special (so text holding them splits them
         out). ``strict``: a token not in the vocabulary is an error; else that role is skipped."""
         for role, token in roles.items():
+            if role not in ROLE_CANDIDATES:
+                raise PretuneError(f"--token-role {role}={token}: unknown role {role!r}; roles: {', '.join(ROLES)}")
             if self.backend.token_to_id(token) is None:
                 if strict:
                     raise PretuneError(f"--token-role {role}={token}: {token!r} is not in the tokenizer's vocabulary")
@@ -200,8 +188,12 @@ class Tokenizer:
 
     def hf_token_ids(self) -> dict[str, int]:
         """``bos_token_id``, ``eos_token_id``, ``pad_token_id`` of the roles this tokenizer has
-        (for a Hugging Face ``config.json``: ``generate`` stops at the eos token)."""
-        return {f"{role}_token_id": self.role_id(role) for role in ("bos", "eos", "pad") if self.has_role(role)}
+        (for a Hugging Face ``config.json``: ``generate`` stops at the eos token); without a bos
+        token, the eos token opens a text too."""
+        ids = {f"{role}_token_id": self.role_id(role) for role in ("bos", "eos", "pad") if self.has_role(role)}
+        if "eos_token_id" in ids:  # GPT-2's convention: one end-of-text token opens and closes
+            ids.setdefault("bos_token_id", ids["eos_token_id"])
+        return ids
 
     pad_id = _role_property("pad")
     unk_id = _role_property("unk")
@@ -295,7 +287,7 @@ class Tokenizer:
             )
         tok = cls(backend)
         tok.set_roles(_configured_roles(config, specials_map), strict=False)
-        tok.set_roles(parse_roles(dict(roles or {})))
+        tok.set_roles(roles or {})
         return tok
 
     def __repr__(self) -> str:
@@ -478,5 +470,4 @@ def train_tokenizer(
     return Tokenizer(backend)
 
 
-__all__ = ["BPE_SPECIALS", "KINDS", "ROLES", "ROLE_CANDIDATES", "WORDPIECE_SPECIALS", "Tokenizer", "parse_roles",
-           "train_tokenizer"]
+__all__ = ["BPE_SPECIALS", "KINDS", "ROLES", "ROLE_CANDIDATES", "WORDPIECE_SPECIALS", "Tokenizer", "train_tokenizer"]
