@@ -91,15 +91,15 @@ def plot_probes(probes: dict[str, dict[str, Any]], out_dir: Path, stem: str = "s
     (same- and cross-sense cosine by layer), one line per named probe."""
     from pretune.report import plot_lines
 
-    def series(key: str, label: str = "") -> dict[str, tuple[list[int], list[float]]]:
-        return {f"{name}{label}": ([x["layer"] for x in p["layers"]], [x[key] for x in p["layers"]]) for name, p in probes.items()}
+    def line(probe: dict[str, Any], key: str) -> tuple[list[int], list[float]]:
+        return [x["layer"] for x in probe["layers"]], [x[key] for x in probe["layers"]]
 
     word = next(iter(probes.values()))["word"]
+    cosines = {f"{name} {sense} sense": line(p, f"{sense}_cosine") for name, p in probes.items() for sense in ("same", "cross")}
     return [
-        plot_lines(series("nn_accuracy"), out_dir / f"{stem}_accuracy.png", title=f'"{word}": nearest-neighbour sense accuracy',
-                   xlabel="layer (0 = embeddings)", ylabel="accuracy"),
-        plot_lines({**series("same_cosine", " same sense"), **series("cross_cosine", " cross sense")},
-                   out_dir / f"{stem}_cosine.png", title=f'"{word}": mean cosine of sentence pairs',
+        plot_lines({name: line(p, "nn_accuracy") for name, p in probes.items()}, out_dir / f"{stem}_accuracy.png",
+                   title=f'"{word}": nearest-neighbour sense accuracy', xlabel="layer (0 = embeddings)", ylabel="accuracy"),
+        plot_lines(cosines, out_dir / f"{stem}_cosine.png", title=f'"{word}": mean cosine of sentence pairs',
                    xlabel="layer (0 = embeddings)", ylabel="cosine"),
     ]
 
