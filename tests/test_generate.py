@@ -398,3 +398,32 @@ def test_a_tokenizer_larger_than_the_model_is_refused_naming_both_sizes(gpt_dir:
     small = save_model(tmp_path / "small", build_model(preset("gpt-tiny", vocab_size=tok.vocab_size - 1, max_positions=16)), tok)
     with pytest.raises(PretuneError, match=rf"the tokenizer has {tok.vocab_size} tokens but the model's vocab_size is only {tok.vocab_size - 1}"):
         load_model(small)
+
+
+def test_a_kogpt2_like_checkpoint_generates_with_its_sentencepiece_tokenizer(tmp_path: Path, capsys) -> None:
+    """A GPT2LMHeadModel whose embedding table is larger than its Unigram (SentencePiece-style)
+    tokenizer.json, and whose tokenizer names no roles: </s> ends a text by its name, and the
+    caller says it opens one too (KoGPT2's practice)."""
+    import tokenizers
+    from tokenizers import decoders, models, pre_tokenizers, trainers
+
+    senses = Path(__file__).resolve().parents[1] / "src" / "pretune" / "apps" / "demo" / "senses_nun_ko.tsv"
+    lines = [line.split("\t")[1] for line in senses.read_text(encoding="utf-8").splitlines() if "\t" in line]
+    backend = tokenizers.Tokenizer(models.Unigram())
+    backend.pre_tokenizer = pre_tokenizers.Metaspace()
+    backend.decoder = decoders.Metaspace()
+    backend.train_from_iterator(lines, trainers.UnigramTrainer(vocab_size=400, special_tokens=["<unk>", "<pad>", "</s>"],
+                                                               unk_token="<unk>", show_progress=False))
+    n = backend.get_vocab_size()
+    path, _ = tiny_hf_lm(tmp_path / "kogpt2", "gpt2", vocab=n + 13)  # padded past the tokenizer's size
+    backend.save(str(path / "tokenizer.json"))
+    args = ["generate", "--model", str(path), "--max-new-tokens", "5", "--sample", "--seed", "0", "--num-samples", "3", "--json"]
+    assert main([*args, "--token-role", "bos=</s>", "--", ""]) == 0  # an empty prompt starts from bos
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert len(rows) == 3 and all(r["prompt_tokens"] == 1 for r in rows)
+    assert main([*args, "눈이 와서"]) == 0
+    assert all(json.loads(line)["text"] for line in capsys.readouterr().out.splitlines())
+    assert main(["convert", "--from-hf", str(path), "--out", str(tmp_path / "ours")]) == 0
+    tok = Tokenizer.load(tmp_path / "ours")
+    assert tok.kind == "unigram" and tok.eos_id == backend.token_to_id("</s>") and tok.pad_id == backend.token_to_id("<pad>")
+    assert load_model(tmp_path / "ours").config.vocab_size == n + 13

@@ -94,12 +94,15 @@ def plot_probes(probes: dict[str, dict[str, Any]], out_dir: Path, stem: str = "s
     def line(probe: dict[str, Any], key: str) -> tuple[list[int], list[float]]:
         return [x["layer"] for x in probe["layers"]], [x[key] for x in probe["layers"]]
 
-    word = next(iter(probes.values()))["word"]
+    first = next(iter(probes.values()))
+    # matplotlib's bundled fonts have no Hangul: name a non-ASCII word by its senses only
+    word = f'"{first["word"]}" ' if first["word"].isascii() else ""
+    word += f"({' / '.join(first['senses'])})"
     cosines = {f"{name} {sense} sense": line(p, f"{sense}_cosine") for name, p in probes.items() for sense in ("same", "cross")}
     return [
         plot_lines({name: line(p, "nn_accuracy") for name, p in probes.items()}, out_dir / f"{stem}_accuracy.png",
-                   title=f'"{word}": nearest-neighbour sense accuracy', xlabel="layer (0 = embeddings)", ylabel="accuracy"),
-        plot_lines(cosines, out_dir / f"{stem}_cosine.png", title=f'"{word}": mean cosine of sentence pairs',
+                   title=f"{word}: nearest-neighbour sense accuracy", xlabel="layer (0 = embeddings)", ylabel="accuracy"),
+        plot_lines(cosines, out_dir / f"{stem}_cosine.png", title=f"{word}: mean cosine of sentence pairs",
                    xlabel="layer (0 = embeddings)", ylabel="cosine"),
     ]
 
