@@ -30,12 +30,7 @@ TEXT = ("The quick brown fox jumps over the lazy dog. A stitch in time saves nin
         "All that glitters is not gold. Where there is smoke there is fire. ") * 8
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _randomise(model: torch.nn.Module) -> None:
@@ -427,3 +422,23 @@ def test_a_kogpt2_like_checkpoint_generates_with_its_sentencepiece_tokenizer(tmp
     tok = Tokenizer.load(tmp_path / "ours")
     assert tok.kind == "unigram" and tok.eos_id == backend.token_to_id("</s>") and tok.pad_id == backend.token_to_id("<pad>")
     assert load_model(tmp_path / "ours").config.vocab_size == n + 13
+
+
+def test_generate_runs_under_bf16_autocast(gpt_dir: Path, capsys) -> None:
+    assert main(["generate", "--model", str(gpt_dir), "--precision", "bf16", "--max-new-tokens", "3", "--json", "A stitch"]) == 0
+    record = json.loads(capsys.readouterr().out)
+    assert record["new_tokens"] == 3 or record["finish"] == "eos"
+
+
+def test_compare_generate_harness_agrees_with_transformers_on_a_micro_case(capsys) -> None:
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "compare_generate.py"
+    spec = importlib.util.spec_from_file_location("compare_generate", path)
+    harness = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(harness)
+    assert harness.main(["--models", "gpt-tiny", "--batches", "2", "--new-tokens", "5", "--vocab", "300", "--repeats", "1"]) == 0
+    records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [(r["style"], r["hf_class"], r["hf_kv_cache"]) for r in records] == [
+        ("gpt1", "OpenAIGPTLMHeadModel", False), ("gpt2", "GPT2LMHeadModel", True)]
+    assert all(r["same_tokens"] and r["pretune_tokens_per_s"] > 0 and r["hf_tokens_per_s"] > 0 for r in records)

@@ -26,12 +26,7 @@ BANK = DEMO / "senses_bank_en.tsv"
 NSMC = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "nsmc"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_layer_scores_on_vectors_with_known_answers() -> None:
