@@ -18,7 +18,7 @@ from pretune.cli import main
 from pretune.config import preset
 from pretune.errors import PretuneError
 from pretune.models import build_model
-from pretune.senses import layer_scores, read_senses, sense_probe
+from pretune.senses import chance_accuracy, layer_scores, read_senses, sense_probe
 from pretune.tokenizer import train_tokenizer
 
 DEMO = Path(__file__).resolve().parents[1] / "src" / "pretune" / "apps" / "demo"
@@ -38,6 +38,8 @@ def test_layer_scores_on_vectors_with_known_answers() -> None:
     assert scores["cross_cosine"] == pytest.approx((0 + -r + r + 0) / 4)
     # nearest neighbours: 0 -> 1 (a), 1 -> 0 or 2 (tie at r: the first, 0), 2 -> 1 or 3 (tie: 1, wrong), 3 -> 2 (b)
     assert scores["nn_accuracy"] == pytest.approx(3 / 4)
+    assert chance_accuracy({"a": 24, "b": 24}) == pytest.approx(23 / 47)  # a random other sentence, same sense
+    assert chance_accuracy({"a": 2, "b": 1}) == pytest.approx(1 / 3)
 
 
 def test_the_sentence_sets(tmp_path: Path) -> None:

@@ -77,6 +77,13 @@ def layer_scores(vectors: torch.Tensor, senses: list[str]) -> dict[str, float]:
     }
 
 
+def chance_accuracy(senses: dict[str, int]) -> float:
+    """The nearest-neighbour accuracy of vectors that carry no sense: the chance that a random other
+    sentence has the same sense."""
+    n = sum(senses.values())
+    return sum(c * (c - 1) for c in senses.values()) / (n * (n - 1))
+
+
 def sense_probe(model: Any, tokenizer: Any, rows: list[tuple[str, str]], word: str) -> dict[str, Any]:
     """Per-layer scores (layer 0 = embeddings) of ``word`` over the ``(sense, sentence)`` rows."""
     senses = [s for s, _ in rows]
@@ -96,11 +103,14 @@ def plot_probes(probes: dict[str, dict[str, Any]], out_dir: Path, stem: str = "s
 
     first = next(iter(probes.values()))
     # matplotlib's bundled fonts have no Hangul: name a non-ASCII word by its senses only
-    word = f'"{first["word"]}" ' if first["word"].isascii() else ""
-    word += f"({' / '.join(first['senses'])})"
+    word = f'"{first["word"]}"' if first["word"].isascii() else "the word"
+    word += f" ({' / '.join(first['senses'])})"
     cosines = {f"{name} {sense} sense": line(p, f"{sense}_cosine") for name, p in probes.items() for sense in ("same", "cross")}
+    accuracy = {name: line(p, "nn_accuracy") for name, p in probes.items()}
+    layers = accuracy[next(iter(accuracy))][0]
+    accuracy["chance"] = (layers, [chance_accuracy(first["senses"])] * len(layers))
     return [
-        plot_lines({name: line(p, "nn_accuracy") for name, p in probes.items()}, out_dir / f"{stem}_accuracy.png",
+        plot_lines(accuracy, out_dir / f"{stem}_accuracy.png",
                    title=f"{word}: nearest-neighbour sense accuracy", xlabel="layer (0 = embeddings)", ylabel="accuracy"),
         plot_lines(cosines, out_dir / f"{stem}_cosine.png", title=f"{word}: mean cosine of sentence pairs",
                    xlabel="layer (0 = embeddings)", ylabel="cosine"),
@@ -127,4 +137,4 @@ def probe_table(probes: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["layer_scores", "plot_probes", "probe_table", "read_senses", "sense_probe", "untrained_twin", "word_vectors"]
+__all__ = ["chance_accuracy", "layer_scores", "plot_probes", "probe_table", "read_senses", "sense_probe", "untrained_twin", "word_vectors"]

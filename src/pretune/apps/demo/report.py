@@ -58,7 +58,7 @@ def cosine_table(emb: dict[str, Any]) -> str:
 
 def senses_section(emb: dict[str, Any]) -> str:
     """The sense probe: per layer, the pretrained model against its untrained twin, and a verdict."""
-    from pretune.senses import probe_table
+    from pretune.senses import chance_accuracy, probe_table
 
     probes = emb.get("probe")
     if not probes:
@@ -66,7 +66,7 @@ def senses_section(emb: dict[str, Any]) -> str:
     pre, twin = probes["pretrained"]["layers"], probes["untrained"]["layers"]
     best = max(pre[1:], key=lambda x: x["nn_accuracy"])
     n = probes["pretrained"]["sentences"]
-    chance = (n / 2 - 1) / (n - 1)
+    chance = chance_accuracy(probes["pretrained"]["senses"])
     return (
         f"\n### The sense probe: \"{probes['pretrained']['word']}\" in {n} sentences\n"
         f"Leave-one-out nearest-neighbour sense accuracy of the word's vector (chance {chance:.2f}: the nearest other "
