@@ -25,7 +25,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_command(sub, "generate", GenerateSettings, run, help="continue prompts with a GPT",
                 description="Continue each prompt with a GPT (GPT-1 or GPT-2 family) using a key/value cache: greedy by "
                 "default, --sample for temperature / top-k / top-p sampling. One prompt with one sample streams its "
-                "text as it is generated. A prompt too long for the context is cut from the left, with a warning.")
+                "text as it is generated. A prompt too long for the context is cut from the left, with a warning. Give "
+                "prompts before --stop / --token-role (they take several values) or after --.")
 
 
 def read_prompts(s: GenerateSettings) -> list[str]:
