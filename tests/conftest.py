@@ -1,4 +1,4 @@
-"""Suite-wide rule: in CI a skipped test fails the run.
+"""Fixtures shared by test modules, and a suite-wide rule: in CI a skipped test fails the run.
 
 Tests skip when ``../shared/data``, ``transformers`` or the MiniLM package is missing, so a
 laptop without them still runs the rest. CI installs all of them (``make test`` via ``.ci/run``),
@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 
 import pytest
+import torch
 
 # (test file, text of the skip reason): skips CI cannot avoid.
 ALLOWED_IN_CI = (
@@ -57,3 +58,13 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
         terminalreporter.section("skipped in CI (not allowed: install the data, transformers and MiniLM)", red=True)
         for line in _skips:
             terminalreporter.write_line(line)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models run fastest on one thread, and far faster when the cores are shared.
+    Use with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -7,6 +7,7 @@ import itertools
 import json
 import re
 import shutil
+import unicodedata
 from pathlib import Path
 
 import pytest
@@ -329,3 +330,69 @@ def test_cli_missing_input_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture
     err = capsys.readouterr().err
     assert "pretune tokenizer: error:" in err and str(missing) in err and len(err.strip().splitlines()) == 1
     assert main(["tokenizer", "encode", "--tokenizer", str(tmp_path / "none"), "x"]) == 2
+
+
+# -- any tokenizer.json: Unigram / SentencePiece, roles from the config, by name, or given ---------
+SPM_SPECIALS = ["<pad>", "<unk>", "<s>", "</s>", "<mask>"]
+
+
+def unigram_dir(lines: list[str], out: Path, config: dict | None = None) -> Path:
+    """A SentencePiece-style Unigram tokenizer.json (Metaspace), as KoBERT/KoGPT2-era models ship."""
+    backend = tokenizers.Tokenizer(models.Unigram())
+    backend.normalizer = normalizers.NFKC()
+    backend.pre_tokenizer = pre_tokenizers.Metaspace()
+    backend.decoder = tokenizers.decoders.Metaspace()
+    chars = len(set("".join(lines)))
+    trainer = trainers.UnigramTrainer(vocab_size=chars + 1500, special_tokens=SPM_SPECIALS, unk_token="<unk>", show_progress=False)
+    backend.train_from_iterator(lines, trainer)
+    out.mkdir(parents=True)
+    backend.save(str(out / "tokenizer.json"))
+    if config is not None:
+        (out / "tokenizer_config.json").write_text(json.dumps(config), encoding="utf-8")
+    return out
+
+
+def test_unigram_tokenizer_json_loads_round_trips_and_matches_transformers(nsmc_lines, tmp_path: Path) -> None:
+    transformers = pytest.importorskip("transformers")
+    _, lines = nsmc_lines
+    config = {"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>",
+              "pad_token": "<pad>", "mask_token": "<mask>"}
+    path = unigram_dir(lines[:3000], tmp_path / "spm", config)
+    tok = Tokenizer.load(path)
+    assert tok.kind == "unigram" and tok.vocab_size > 1500
+    assert (tok.pad_id, tok.unk_id, tok.bos_id, tok.eos_id, tok.mask_id) == (0, 1, 2, 3, 4)
+    assert (tok.cls_id, tok.sep_id) == (2, 3)  # no [CLS]/[SEP]: <s> opens a sequence, </s> closes it
+    held_out = [t for t in lines[20_000:20_300] if t.strip() and t == t.strip() and "  " not in t]
+    held_out = [t for t in held_out if tok.unk_id not in tok.encode(t)][:100]  # characters the sample never saw
+    assert len(held_out) > 50
+    for text in held_out:
+        assert tok.decode(tok.encode(text)) == unicodedata.normalize("NFKC", text)
+    hf = transformers.PreTrainedTokenizerFast(tokenizer_file=str(path / "tokenizer.json"))
+    assert [hf(t, add_special_tokens=False)["input_ids"] for t in held_out] == tok.encode_batch(held_out)
+    assert tok.mask_id in tok.encode("눈이 <mask> 좋다")  # a special token in text is one id
+    saved = tok.save(tmp_path / "saved")
+    assert not (saved / "vocab.txt").exists() and not (saved / "merges.txt").exists()
+    again = Tokenizer.load(saved)
+    assert again.encode_batch(held_out) == tok.encode_batch(held_out) and again.roles == tok.roles
+    auto = transformers.AutoTokenizer.from_pretrained(str(saved))
+    assert (auto.mask_token_id, auto.eos_token_id, auto.pad_token_id) == (4, 3, 0)
+    assert auto(held_out[0], add_special_tokens=False)["input_ids"] == tok.encode(held_out[0])
+
+
+def test_roles_come_from_the_config_then_names_then_the_caller(nsmc_lines, tmp_path: Path) -> None:
+    _, lines = nsmc_lines
+    bare = Tokenizer.load(unigram_dir(lines[:3000], tmp_path / "bare"))  # no config file: roles by name
+    assert (bare.bos_id, bare.eos_id, bare.mask_id, bare.pad_id) == (2, 3, 4, 0)
+    # KoGPT2's practice: </s> both opens and closes a text, named by the caller
+    kogpt2 = Tokenizer.load(tmp_path / "bare", roles={"bos": "</s>"})
+    assert kogpt2.bos_id == 3 and kogpt2.hf_token_ids() == {"bos_token_id": 3, "eos_token_id": 3, "pad_token_id": 0}
+    # a config naming a token wins over the names; the caller wins over the config
+    (tmp_path / "bare" / "special_tokens_map.json").write_text(json.dumps({"eos_token": {"content": "<s>"}}))
+    assert Tokenizer.load(tmp_path / "bare").eos_id == 2
+    assert Tokenizer.load(tmp_path / "bare", roles={"eos": "</s>"}).eos_id == 3
+    with pytest.raises(PretuneError, match=r"--token-role mask=\[MASK\]: '\[MASK\]' is not in the tokenizer's vocabulary"):
+        Tokenizer.load(tmp_path / "bare", roles={"mask": "[MASK]"})
+    with pytest.raises(PretuneError, match="unknown role 'sentinel'"):
+        Tokenizer.load(tmp_path / "bare", roles={"sentinel": "<s>"})
+    with pytest.raises(PretuneError, match=r"no start token .*--token-role start=TOKEN"):
+        _ = bare.start_id

@@ -87,9 +87,10 @@ def export_hf(model: nn.Module, out_dir: str | Path, tokenizer: Any | None = Non
     """Write a Hugging Face directory (config.json, model.safetensors, tokenizer files) atomically."""
     cfg: ModelConfig = model.cfg
     state = state_dict_for_saving(model, exclude)
-    with_heads = any(k.startswith(("mlm.", "nsp.")) for k in state)
+    # a tied GPT always has its LM output layer (the token embedding)
+    with_heads = any(k.startswith(("mlm.", "nsp.", "lm_head.")) for k in state) or (cfg.family == "gpt" and cfg.tie_embeddings)
     hf_state = hf.to_hf_state_dict(state, cfg)
-    hf_cfg = hf.config_to_hf(cfg, with_heads)
+    hf_cfg = hf.config_to_hf(cfg, with_heads, tokenizer.hf_token_ids() if tokenizer is not None else None)
     with atomic_dir(out_dir) as tmp:
         save_file(hf_state, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
         (tmp / CONFIG_FILE).write_text(json.dumps(hf_cfg, indent=2) + "\n", encoding="utf-8")
@@ -209,10 +210,15 @@ def load_tokenizer(path: str | Path | None, *, flag: str = "--tokenizer") -> Any
 
 
 def check_vocab(cfg: ModelConfig, tokenizer: Any | None, source: str) -> None:
-    """The tokenizer must fit the model's embedding table exactly."""
-    if tokenizer is not None and tokenizer.vocab_size != cfg.vocab_size:
+    """Every token id must have a row in the model's embedding table.
+
+    A tokenizer smaller than ``vocab_size`` is accepted, as Hugging Face does: checkpoints often pad
+    the table (to a multiple of 8 or 64, or KoBERT-style to a round number); the rows no token
+    reaches are never predicted (:func:`pretune.lm.common.limit_to_tokenizer`). A larger one is
+    refused: its last ids would index past the table."""
+    if tokenizer is not None and tokenizer.vocab_size > cfg.vocab_size:
         raise PretuneError(
-            f"{source}: the tokenizer has {tokenizer.vocab_size} tokens but the model's vocab_size is "
+            f"{source}: the tokenizer has {tokenizer.vocab_size} tokens but the model's vocab_size is only "
             f"{cfg.vocab_size}; use the tokenizer the model was trained with (or set vocab_size)"
         )
 

@@ -16,12 +16,27 @@ import sys
 import warnings
 from collections.abc import Iterator
 
-from pretune.commands import convert, data, demo, embed, evaluate, finetune, predict, pretrain, tokenizer
+from pretune.commands import (
+    convert,
+    data,
+    demo,
+    embed,
+    evaluate,
+    fill_mask,
+    finetune,
+    generate,
+    perplexity,
+    predict,
+    pretrain,
+    senses,
+    tokenizer,
+)
 from pretune.errors import PretuneError
 from pretune.settings import settings_from
 
 # In the order `pretune --help` lists them.
-COMMANDS = [tokenizer, pretrain, finetune, evaluate, predict, embed, convert, data, demo]
+COMMANDS = [tokenizer, pretrain, finetune, evaluate, predict, embed, convert, data, demo,
+            generate, fill_mask, perplexity, senses]
 DEBUG_ENV = "PRETUNE_DEBUG"
 
 

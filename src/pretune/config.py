@@ -39,7 +39,7 @@ class ModelConfig:
     attn_dropout: float = 0.1
     layer_norm_eps: float = 1e-12
     activation: Literal["gelu", "gelu_tanh"] = "gelu"
-    norm: Literal["post", "pre"] = "post"  # post-LN as in both papers; pre-LN as an option
+    norm: Literal["post", "pre"] = "post"  # post-LN (GPT-1, BERT); pre-LN with a final LayerNorm (GPT-2)
     embed_norm: bool = True  # LayerNorm after the embedding sum (BERT yes, GPT-1 no)
     tie_embeddings: bool = True  # output layer (MLM decoder / LM head) = token embedding, as in both papers
     initializer_range: float = 0.02
@@ -170,6 +170,9 @@ PRESETS: dict[str, dict[str, Any]] = {
     **{f"bert-{s}": _bert(s) for s in ("tiny", "mini", "small", "medium", "base", "large")},
     **{f"gpt-{s}": _gpt(s) for s in ("tiny", "mini", "small")},
     "gpt1": _gpt("base"),  # Radford et al. (2018): 12 layers, 768 wide, 12 heads, context 512
+    # Radford et al. (2019): pre-LN blocks and a final LayerNorm, context 1024, byte-level BPE of 50,257
+    "gpt2": _gpt("base", norm="pre", max_positions=1024, vocab_size=50257),
+    "gpt2-medium": _gpt("large", norm="pre", max_positions=1024, vocab_size=50257),  # 24 layers, 1024 wide, 16 heads
 }
 
 

@@ -1,23 +1,26 @@
 """Hugging Face checkpoints, both directions, as data.
 
-One table per family maps pretune's parameter names to the names of ``transformers``
-(``BertForPreTraining``/``BertModel``/``BertForMaskedLM`` and
-``OpenAIGPTLMHeadModel``/``OpenAIGPTModel``). Each row says how the tensors relate:
+One :class:`Arch` per Hugging Face architecture says everything pretune needs to know about it:
+its ``config.json`` keys (which pretune field each one is, and its default), what pretune's config
+must be for it (GPT-2 is pre-LN; BERT has segment embeddings), its activation names, and a table
+mapping pretune's parameter names to ``transformers``' (``BertForPreTraining``/``BertModel``/
+``BertForMaskedLM``, ``OpenAIGPTLMHeadModel``/``OpenAIGPTModel``, ``GPT2LMHeadModel``/``GPT2Model``).
+Each tensor row says how the tensors relate:
 
 - ``copy``: the same tensor;
-- ``T``: transposed (OpenAI GPT stores ``Conv1D`` weights as ``(in, out)``);
-- ``cat``: pretune's fused QKV is the concatenation of BERT's query, key and value (OpenAI GPT's
+- ``T``: transposed (OpenAI GPT and GPT-2 store ``Conv1D`` weights as ``(in, out)``);
+- ``cat``: pretune's fused QKV is the concatenation of BERT's query, key and value (the GPTs'
   ``c_attn`` is already fused in the same order, so it is only transposed).
 
-Import and export read the same rows, so the two directions cannot disagree. ``transformers`` is
-never imported here: a checkpoint directory is ``config.json`` plus ``model.safetensors`` (or
-``pytorch_model.bin``).
+Import and export read the same rows and the same key table, so the two directions cannot
+disagree. ``transformers`` is never imported here: a checkpoint directory is ``config.json`` plus
+``model.safetensors`` (or ``pytorch_model.bin``).
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -67,15 +70,29 @@ BERT_RULES: list[Rule] = [
     *_layer("nsp", "cls.seq_relationship"),
 ]
 
+def _gpt_blocks(prefix: str) -> list[Rule]:
+    """The blocks of OpenAI GPT and GPT-2: the same names, Conv1D weights stored transposed."""
+    return [
+        *_layer("body.blocks.{i}.attn.qkv", f"{prefix}.h.{{i}}.attn.c_attn", op="T"),
+        *_layer("body.blocks.{i}.attn.proj", f"{prefix}.h.{{i}}.attn.c_proj", op="T"),
+        *_layer("body.blocks.{i}.norm1", f"{prefix}.h.{{i}}.ln_1"),
+        *_layer("body.blocks.{i}.mlp.fc1", f"{prefix}.h.{{i}}.mlp.c_fc", op="T"),
+        *_layer("body.blocks.{i}.mlp.fc2", f"{prefix}.h.{{i}}.mlp.c_proj", op="T"),
+        *_layer("body.blocks.{i}.norm2", f"{prefix}.h.{{i}}.ln_2"),
+    ]
+
+
 GPT_RULES: list[Rule] = [
     Rule("body.embeddings.tok.weight", ("transformer.tokens_embed.weight",)),
     Rule("body.embeddings.pos.weight", ("transformer.positions_embed.weight",)),
-    *_layer("body.blocks.{i}.attn.qkv", "transformer.h.{i}.attn.c_attn", op="T"),
-    *_layer("body.blocks.{i}.attn.proj", "transformer.h.{i}.attn.c_proj", op="T"),
-    *_layer("body.blocks.{i}.norm1", "transformer.h.{i}.ln_1"),
-    *_layer("body.blocks.{i}.mlp.fc1", "transformer.h.{i}.mlp.c_fc", op="T"),
-    *_layer("body.blocks.{i}.mlp.fc2", "transformer.h.{i}.mlp.c_proj", op="T"),
-    *_layer("body.blocks.{i}.norm2", "transformer.h.{i}.ln_2"),
+    *_gpt_blocks("transformer"),
+]
+
+GPT2_RULES: list[Rule] = [
+    Rule("body.embeddings.tok.weight", ("transformer.wte.weight",)),
+    Rule("body.embeddings.pos.weight", ("transformer.wpe.weight",)),
+    *_gpt_blocks("transformer"),
+    *_layer("body.norm_f", "transformer.ln_f"),
 ]
 
 # Output layers of their own, for models with ``tie_embeddings`` off (HF: tie_word_embeddings false).
@@ -92,12 +109,86 @@ _IGNORED = re.compile(
 # Optional parts: a checkpoint without them still loads (e.g. BertModel has no cls.*).
 OPTIONAL_PREFIXES = ("pooler.", "mlm.", "nsp.", "head.", "lm_head.")
 
+REQUIRED = object()  # a config key without a default
+
+
+@dataclass(frozen=True)
+class Arch:
+    """A Hugging Face architecture: its config keys, its tensors, and what it fixes in pretune's config."""
+
+    model_type: str
+    classes: tuple[str, str]  # the class with heads, the body-only class
+    prefix: str  # the body's prefix in the with-heads class
+    keys: dict[str, tuple[str, Any]]  # pretune field -> (HF key, default when absent or null)
+    fixed: dict[str, Any]  # pretune fields this architecture implies
+    act_key: str
+    acts: dict[str, str]  # HF activation name -> pretune's; the first is transformers' default
+    act_names: dict[str, str]  # pretune's activation -> the HF name written on export
+    rules: list[Rule]
+    refuse: dict[str, Any] = field(default_factory=dict)  # HF keys that must have this value (else unsupported)
+    export_extra: dict[str, Any] = field(default_factory=dict)  # constant keys written on export
+    export_copies: dict[str, str] = field(default_factory=dict)  # HF key -> pretune field, written on export too
+
+    @property
+    def family(self) -> str:
+        return self.fixed["family"]
+
+
+_COMMON_GPT_KEYS: dict[str, tuple[str, Any]] = dict(
+    vocab_size=("vocab_size", REQUIRED), n_layers=("n_layer", REQUIRED), hidden=("n_embd", REQUIRED),
+    n_heads=("n_head", REQUIRED), max_positions=("n_positions", REQUIRED), dropout=("resid_pdrop", 0.1),
+    attn_dropout=("attn_pdrop", 0.1), layer_norm_eps=("layer_norm_epsilon", 1e-5),
+    initializer_range=("initializer_range", 0.02), tie_embeddings=("tie_word_embeddings", True),
+)
+_GPT_FIXED = dict(family="gpt", type_vocab_size=0, embed_norm=False, pad_token_id=0)
+_TANH = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu_fast": "gelu_tanh"}
+
+ARCHS: dict[str, Arch] = {
+    "bert": Arch(
+        "bert", ("BertForPreTraining", "BertModel"), "bert.",
+        keys=dict(
+            vocab_size=("vocab_size", REQUIRED), n_layers=("num_hidden_layers", REQUIRED),
+            hidden=("hidden_size", REQUIRED), n_heads=("num_attention_heads", REQUIRED),
+            ffn=("intermediate_size", REQUIRED), max_positions=("max_position_embeddings", REQUIRED),
+            type_vocab_size=("type_vocab_size", 2), dropout=("hidden_dropout_prob", 0.1),
+            attn_dropout=("attention_probs_dropout_prob", 0.1), layer_norm_eps=("layer_norm_eps", 1e-12),
+            initializer_range=("initializer_range", 0.02), tie_embeddings=("tie_word_embeddings", True),
+            pad_token_id=("pad_token_id", 0),
+        ),
+        fixed=dict(family="bert", norm="post", embed_norm=True),
+        act_key="hidden_act", acts={"gelu": "gelu", **_TANH}, act_names={"gelu": "gelu", "gelu_tanh": "gelu_new"},
+        rules=BERT_RULES, refuse={"position_embedding_type": "absolute"},
+        export_extra={"position_embedding_type": "absolute"},
+    ),
+    # transformers' OpenAI GPT maps its "gelu" to the tanh approximation, and has no ffn size key
+    "openai-gpt": Arch(
+        "openai-gpt", ("OpenAIGPTLMHeadModel", "OpenAIGPTModel"), "transformer.",
+        keys=_COMMON_GPT_KEYS, fixed=dict(_GPT_FIXED, norm="post"),
+        act_key="afn", acts={"gelu": "gelu_tanh"}, act_names={"gelu_tanh": "gelu"},
+        rules=GPT_RULES, export_copies={"embd_pdrop": "dropout"},
+    ),
+    "gpt2": Arch(
+        "gpt2", ("GPT2LMHeadModel", "GPT2Model"), "transformer.",
+        keys=dict(_COMMON_GPT_KEYS, ffn=("n_inner", 0)), fixed=dict(_GPT_FIXED, norm="pre"),
+        act_key="activation_function", acts={**_TANH, "gelu": "gelu"}, act_names={"gelu": "gelu", "gelu_tanh": "gelu_new"},
+        rules=GPT2_RULES, export_copies={"embd_pdrop": "dropout"},
+        refuse={"scale_attn_weights": True, "scale_attn_by_inverse_layer_idx": False, "add_cross_attention": False},
+    ),
+}
+
+
+def arch_of(cfg: ModelConfig) -> Arch:
+    """The Hugging Face architecture a pretune config exports to (by family and LayerNorm placement)."""
+    for arch in ARCHS.values():
+        if arch.family == cfg.family and arch.fixed["norm"] == cfg.norm:
+            return arch
+    raise PretuneError(f"no Hugging Face architecture has a {cfg.family} with norm={cfg.norm!r}")
+
 
 def rules_for(cfg: ModelConfig) -> list[Rule]:
     """The table for a config, with ``{i}`` expanded over layers."""
-    table = BERT_RULES if cfg.family == "bert" else GPT_RULES
     out = []
-    for rule in table:
+    for rule in arch_of(cfg).rules:
         if "{i}" in rule.ours:
             out += [
                 Rule(rule.ours.format(i=i), tuple(t.format(i=i) for t in rule.theirs), rule.op)
@@ -112,9 +203,8 @@ def rules_for(cfg: ModelConfig) -> list[Rule]:
     return out
 
 
-def _normalise_hf_names(state: dict[str, Tensor], family: str) -> dict[str, Tensor]:
+def _normalise_hf_names(state: dict[str, Tensor], prefix: str) -> dict[str, Tensor]:
     """Give every key the prefix of the with-heads classes; old ``gamma``/``beta`` become weight/bias."""
-    prefix = "bert." if family == "bert" else "transformer."
     out = {}
     for key, value in state.items():
         key = re.sub(r"LayerNorm\.gamma$", "LayerNorm.weight", key)
@@ -127,7 +217,7 @@ def _normalise_hf_names(state: dict[str, Tensor], family: str) -> dict[str, Tens
 
 def from_hf_state_dict(state: dict[str, Tensor], cfg: ModelConfig) -> dict[str, Tensor]:
     """Hugging Face tensors -> pretune tensors. Parts absent from the checkpoint stay absent."""
-    state = _normalise_hf_names(state, cfg.family)
+    state = _normalise_hf_names(state, arch_of(cfg).prefix)
     used: set[str] = set()
     out: dict[str, Tensor] = {}
     for rule in rules_for(cfg):
@@ -152,13 +242,13 @@ def from_hf_state_dict(state: dict[str, Tensor], cfg: ModelConfig) -> dict[str, 
         shown = ", ".join(unknown[:5]) + (" ..." if len(unknown) > 5 else "")
         raise PretuneError(
             f"Hugging Face checkpoint has {len(unknown)} tensor(s) pretune does not know: {shown} "
-            f"(supported: BertModel/BertForPreTraining/BertForMaskedLM, OpenAIGPTModel/OpenAIGPTLMHeadModel)"
+            f"(supported: {', '.join('/'.join(a.classes) for a in ARCHS.values())}, BertForMaskedLM)"
         )
     return out
 
 
 def to_hf_state_dict(state: dict[str, Tensor], cfg: ModelConfig) -> dict[str, Tensor]:
-    """pretune tensors -> Hugging Face tensors (``BertForPreTraining``/``OpenAIGPTLMHeadModel`` names)."""
+    """pretune tensors -> Hugging Face tensors (the names of the with-heads class of :func:`arch_of`)."""
     out: dict[str, Tensor] = {}
     for rule in rules_for(cfg):
         if rule.ours not in state:
@@ -180,110 +270,54 @@ def to_hf_state_dict(state: dict[str, Tensor], cfg: ModelConfig) -> dict[str, Te
 
 # --- configs -----------------------------------------------------------------------------------
 
-_BERT_ACT = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu_fast": "gelu_tanh"}
+
+def _hf_value(hf: dict[str, Any], key: str, default: Any, source: str, kind: str) -> Any:
+    value = hf.get(key)
+    if value is None:
+        if default is REQUIRED:
+            raise PretuneError(f"{source}: missing field {key!r} for model_type {kind!r}")
+        return default
+    return value
 
 
 def config_from_hf(hf: dict[str, Any], source: str = "config.json") -> ModelConfig:
-    """A pretune config from a Hugging Face ``config.json`` (model_type bert or openai-gpt)."""
+    """A pretune config from a Hugging Face ``config.json`` (a model_type of :data:`ARCHS`)."""
     kind = hf.get("model_type")
-    try:
-        if kind == "bert":
-            if hf.get("position_embedding_type", "absolute") != "absolute":
-                raise PretuneError(f"{source}: position_embedding_type {hf['position_embedding_type']!r} is not supported (only 'absolute')")
-            act = hf.get("hidden_act", "gelu")
-            if act not in _BERT_ACT:
-                raise PretuneError(f"{source}: hidden_act {act!r} is not supported; use one of {sorted(_BERT_ACT)}")
-            return ModelConfig(
-                family="bert",
-                vocab_size=hf["vocab_size"],
-                n_layers=hf["num_hidden_layers"],
-                hidden=hf["hidden_size"],
-                n_heads=hf["num_attention_heads"],
-                ffn=hf["intermediate_size"],
-                max_positions=hf["max_position_embeddings"],
-                type_vocab_size=hf.get("type_vocab_size", 2),
-                dropout=hf.get("hidden_dropout_prob", 0.1),
-                attn_dropout=hf.get("attention_probs_dropout_prob", 0.1),
-                layer_norm_eps=hf.get("layer_norm_eps", 1e-12),
-                activation=_BERT_ACT[act],
-                initializer_range=hf.get("initializer_range", 0.02),
-                tie_embeddings=bool(hf.get("tie_word_embeddings", True)),
-                pad_token_id=hf.get("pad_token_id") or 0,
-                extra={"source": "huggingface", "hf_architectures": hf.get("architectures", [])},
-            )
-        if kind == "openai-gpt":
-            act = hf.get("afn", "gelu")
-            if act != "gelu":  # transformers' OpenAI GPT maps "gelu" to the tanh approximation
-                raise PretuneError(f"{source}: afn {act!r} is not supported (only 'gelu', the tanh GELU of GPT-1)")
-            return ModelConfig(
-                family="gpt",
-                vocab_size=hf["vocab_size"],
-                n_layers=hf["n_layer"],
-                hidden=hf["n_embd"],
-                n_heads=hf["n_head"],
-                max_positions=hf["n_positions"],
-                type_vocab_size=0,
-                dropout=hf.get("resid_pdrop", 0.1),
-                attn_dropout=hf.get("attn_pdrop", 0.1),
-                layer_norm_eps=hf.get("layer_norm_epsilon", 1e-5),
-                activation="gelu_tanh",
-                embed_norm=False,
-                initializer_range=hf.get("initializer_range", 0.02),
-                tie_embeddings=bool(hf.get("tie_word_embeddings", True)),
-                pad_token_id=0,
-                extra={"source": "huggingface", "hf_architectures": hf.get("architectures", [])},
-            )
-    except KeyError as exc:
-        raise PretuneError(f"{source}: missing field {exc.args[0]!r} for model_type {kind!r}") from None
-    raise PretuneError(f"{source}: model_type {kind!r} is not supported (pretune reads 'bert' and 'openai-gpt')")
+    if kind not in ARCHS:
+        raise PretuneError(f"{source}: model_type {kind!r} is not supported (pretune reads {', '.join(map(repr, ARCHS))})")
+    arch = ARCHS[kind]
+    for key, expected in arch.refuse.items():
+        if hf.get(key, expected) != expected:
+            raise PretuneError(f"{source}: {key} {hf[key]!r} is not supported (only {expected!r})")
+    act = hf.get(arch.act_key, next(iter(arch.acts)))
+    if act not in arch.acts:
+        raise PretuneError(f"{source}: {arch.act_key} {act!r} is not supported; use one of {sorted(arch.acts)}")
+    values = {ours: _hf_value(hf, key, default, source, kind) for ours, (key, default) in arch.keys.items()}
+    values["tie_embeddings"] = bool(values["tie_embeddings"])
+    extra = {"source": "huggingface", "hf_architectures": hf.get("architectures", [])}
+    return ModelConfig(**arch.fixed, **values, activation=arch.acts[act], extra=extra)
 
 
-def config_to_hf(cfg: ModelConfig, with_heads: bool = True) -> dict[str, Any]:
-    """A Hugging Face ``config.json`` for a pretune config."""
-    if cfg.norm != "post" or (cfg.family == "bert") != cfg.embed_norm:
+def config_to_hf(cfg: ModelConfig, with_heads: bool = True, token_ids: dict[str, int] | None = None) -> dict[str, Any]:
+    """A Hugging Face ``config.json`` for a pretune config; ``token_ids`` adds ``bos_token_id``,
+    ``eos_token_id``, ... (from the tokenizer). Refused when the Hugging Face model would not
+    compute what this one does (read back, the config must be the same)."""
+    arch = arch_of(cfg)
+    if cfg.activation not in arch.act_names:
+        raise PretuneError(f"{arch.classes[0]} in transformers has no {cfg.activation!r} activation")
+    hf = {"architectures": [arch.classes[0 if with_heads else 1]], "model_type": arch.model_type, **arch.export_extra}
+    hf.update({key: getattr(cfg, ours) for ours, (key, _) in arch.keys.items()})
+    hf.update({key: getattr(cfg, ours) for key, ours in arch.export_copies.items()})
+    hf[arch.act_key] = arch.act_names[cfg.activation]
+    hf.update({"bos_token_id": None, "eos_token_id": None, **(token_ids or {})})  # not transformers' GPT-2 ids
+    back = config_from_hf(hf, source="export")
+    differ = [f for f in ("norm", "embed_norm", "type_vocab_size", "ffn") if getattr(back, f) != getattr(cfg, f)]
+    if differ:
         raise PretuneError(
-            "only post-LN models with the papers' embedding LayerNorm can be exported to Hugging Face "
-            f"(this model has norm={cfg.norm!r}, embed_norm={cfg.embed_norm})"
+            f"{arch.classes[0]} cannot hold this model: {', '.join(f'{f}={getattr(cfg, f)!r}' for f in differ)} "
+            f"(it has {', '.join(f'{f}={getattr(back, f)!r}' for f in differ)})"
         )
-    act = "gelu" if cfg.activation == "gelu" else "gelu_new"
-    if cfg.family == "gpt" and cfg.activation != "gelu_tanh":
-        raise PretuneError("OpenAI GPT in transformers only has the tanh GELU; this model uses exact GELU")
-    if cfg.family == "bert":
-        return {
-            "architectures": ["BertForPreTraining" if with_heads else "BertModel"],
-            "model_type": "bert",
-            "vocab_size": cfg.vocab_size,
-            "hidden_size": cfg.hidden,
-            "num_hidden_layers": cfg.n_layers,
-            "num_attention_heads": cfg.n_heads,
-            "intermediate_size": cfg.ffn,
-            "hidden_act": act,
-            "hidden_dropout_prob": cfg.dropout,
-            "attention_probs_dropout_prob": cfg.attn_dropout,
-            "max_position_embeddings": cfg.max_positions,
-            "type_vocab_size": cfg.type_vocab_size,
-            "initializer_range": cfg.initializer_range,
-            "layer_norm_eps": cfg.layer_norm_eps,
-            "pad_token_id": cfg.pad_token_id,
-            "position_embedding_type": "absolute",
-            "tie_word_embeddings": cfg.tie_embeddings,
-        }
-    return {
-        "architectures": ["OpenAIGPTLMHeadModel"],
-        "model_type": "openai-gpt",
-        "vocab_size": cfg.vocab_size,
-        "n_positions": cfg.max_positions,
-        "n_embd": cfg.hidden,
-        "n_layer": cfg.n_layers,
-        "n_head": cfg.n_heads,
-        "afn": "gelu",  # transformers' OpenAI GPT: "gelu" is the tanh approximation
-        "resid_pdrop": cfg.dropout,
-        "embd_pdrop": cfg.dropout,
-        "attn_pdrop": cfg.attn_dropout,
-        "layer_norm_epsilon": cfg.layer_norm_eps,
-        "initializer_range": cfg.initializer_range,
-        "tie_word_embeddings": cfg.tie_embeddings,
-    }
+    return hf
 
 
 def read_hf_weights(directory: Path) -> dict[str, Tensor]:

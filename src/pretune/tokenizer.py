@@ -1,12 +1,21 @@
-"""Tokenizers: a thin wrapper over Hugging Face ``tokenizers`` for WordPiece (BERT) and BPE (GPT).
+"""Tokenizers: a thin wrapper over Hugging Face ``tokenizers``: any ``tokenizer.json`` it loads, and
+the two kinds pretune trains.
 
-Two kinds:
+Trained here:
 
 - ``wordpiece``: BERT's pipeline (BertNormalizer, BertPreTokenizer, WordPiece with ``##``
   continuations), special tokens ``[PAD] [UNK] [CLS] [SEP] [MASK]``.
 - ``bpe``: byte-level BPE (GPT-2 style, nothing is ever unknown) with ``<|endoftext|>`` as the
   document separator and GPT-1's fine-tuning tokens ``<|start|> <|delim|> <|extract|>``, plus
   ``<|pad|>``. Hugging Face ``openai-gpt`` files (BPE with ``</w>`` word ends) load too.
+
+Loaded: a ``tokenizer.json`` of any model type (WordPiece, BPE, Unigram/SentencePiece with
+Metaspace, WordLevel; ``kind`` says which), or classic ``vocab.txt`` / ``vocab.json`` +
+``merges.txt``. **Roles** (pad, unk, cls, sep, mask, bos, eos, and GPT-1's start, delim,
+extract) are found in this order: a role given by the caller (``--token-role mask=<mask>``), the
+tokenizer's own config (``special_tokens_map.json``, ``tokenizer_config.json``), a known token
+name in the vocabulary (:data:`ROLE_CANDIDATES`), and for cls/bos and sep/eos each other's token
+(``[CLS]`` and ``<s>`` open a sequence, ``[SEP]`` and ``</s>`` close one).
 
 :meth:`Tokenizer.encode` never adds special tokens; pretune's transforms do. A saved directory
 holds ``tokenizer.json`` plus the classic vocabulary files, and loads with Hugging Face's
@@ -16,7 +25,7 @@ holds ``tokenizer.json`` plus the classic vocabulary files, and loads with Huggi
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 
 import tokenizers
@@ -26,31 +35,37 @@ from pretune.data import corpus
 from pretune.errors import PretuneError
 from pretune.io import write_text
 
-KINDS = ("wordpiece", "bpe")
+KINDS = ("wordpiece", "bpe")  # the kinds pretune trains
+MODEL_KINDS = {models.WordPiece: "wordpiece", models.BPE: "bpe", models.Unigram: "unigram", models.WordLevel: "wordlevel"}
 WORDPIECE_SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 BPE_SPECIALS = ["<|endoftext|>", "<|pad|>", "<|start|>", "<|delim|>", "<|extract|>"]
-# role -> token, per kind; the `<role>_id` properties look tokens up here.
-ROLES = {
-    "wordpiece": {"pad": "[PAD]", "unk": "[UNK]", "cls": "[CLS]", "sep": "[SEP]", "mask": "[MASK]"},
-    "bpe": {
-        "pad": "<|pad|>",
-        "eos": "<|endoftext|>",
-        "start": "<|start|>",
-        "delim": "<|delim|>",
-        "extract": "<|extract|>",
-        "unk": "<unk>",
-    },
+# role -> the tokens that play it when no config names one; the first in the vocabulary wins.
+ROLE_CANDIDATES = {
+    "pad": ("[PAD]", "<|pad|>", "<pad>"),
+    "unk": ("[UNK]", "<unk>"),
+    "cls": ("[CLS]",),
+    "sep": ("[SEP]",),
+    "mask": ("[MASK]", "<mask>"),
+    "bos": ("<s>",),
+    "eos": ("<|endoftext|>", "</s>"),
+    "start": ("<|start|>",),
+    "delim": ("<|delim|>",),
+    "extract": ("<|extract|>",),
 }
-# Hugging Face special_tokens_map.json keys for each role.
+ROLES = tuple(ROLE_CANDIDATES)
+# a role with no token of its own is played by its partner's
+_PARTNER = {"cls": "bos", "bos": "cls", "sep": "eos", "eos": "sep"}
+# Hugging Face config keys of the roles they have
 _HF_KEYS = {
     "pad": "pad_token",
     "unk": "unk_token",
     "cls": "cls_token",
     "sep": "sep_token",
     "mask": "mask_token",
+    "bos": "bos_token",
     "eos": "eos_token",
 }
-_KNOWN_SPECIALS = set(WORDPIECE_SPECIALS) | set(BPE_SPECIALS) | {"<unk>"}
+_KNOWN_SPECIALS = {t for names in ROLE_CANDIDATES.values() for t in names}
 
 
 def _role_property(role: str) -> property:
@@ -62,22 +77,42 @@ def _role_property(role: str) -> property:
 
 
 class Tokenizer:
-    """A trained WordPiece or BPE tokenizer (wraps :class:`tokenizers.Tokenizer`)."""
+    """A tokenizer of any ``tokenizers`` model type, with the tokens playing each special role.
 
-    def __init__(self, backend: tokenizers.Tokenizer):
-        model = backend.model
-        if isinstance(model, models.WordPiece):
-            self.kind = "wordpiece"
-        elif isinstance(model, models.BPE):
-            self.kind = "bpe"
-        else:
+    ``roles`` maps a role to its token (see the module docstring); a role given here must name a
+    token of the vocabulary.
+    """
+
+    def __init__(self, backend: tokenizers.Tokenizer, roles: Mapping[str, str] | None = None):
+        kind = MODEL_KINDS.get(type(backend.model))
+        if kind is None:
             raise PretuneError(
-                f"unsupported tokenizer model {type(model).__name__}; expected WordPiece or BPE"
+                f"unsupported tokenizer model {type(backend.model).__name__}; expected one of "
+                f"{', '.join(t.__name__ for t in MODEL_KINDS)}"
             )
+        self.kind = kind
         backend.no_padding()
         backend.no_truncation()
         self.backend = backend
+        self.roles: dict[str, str] = {}
         self._special_ids: frozenset[int] | None = None
+        self.set_roles(roles or {})
+
+    def set_roles(self, roles: Mapping[str, str], *, strict: bool = True) -> None:
+        """Name the tokens of some roles, and mark them special (so text holding them splits them
+        out). ``strict``: a token not in the vocabulary is an error; else that role is skipped."""
+        for role, token in roles.items():
+            if role not in ROLE_CANDIDATES:
+                raise PretuneError(f"--token-role {role}={token}: unknown role {role!r}; roles: {', '.join(ROLES)}")
+            if self.backend.token_to_id(token) is None:
+                if strict:
+                    raise PretuneError(f"--token-role {role}={token}: {token!r} is not in the tokenizer's vocabulary")
+                continue
+            self.roles[role] = token
+        named = [t for t in dict.fromkeys(self.roles.values()) if self.backend.token_to_id(t) not in self.special_ids]
+        if named:
+            self.backend.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in named])
+            self._special_ids = None
 
     # -- encoding -------------------------------------------------------------------------------
     @property
@@ -126,28 +161,46 @@ class Tokenizer:
             self._special_ids = frozenset(i for i, t in added.items() if t.special)
         return self._special_ids
 
+    def role_token(self, role: str, *, partner: bool = True) -> str | None:
+        """The token playing ``role``, or None: named, else a known name, else (``partner``) the
+        token of cls/bos's or sep/eos's partner role."""
+        if role not in ROLE_CANDIDATES:
+            raise PretuneError(f"unknown token role {role!r}; roles: {', '.join(ROLES)}")
+        if role in self.roles:
+            return self.roles[role]
+        found = next((t for t in ROLE_CANDIDATES[role] if self.backend.token_to_id(t) is not None), None)
+        if found is None and partner and role in _PARTNER:
+            return self.role_token(_PARTNER[role], partner=False)
+        return found
+
     def role_id(self, role: str) -> int:
         """Id of the token playing ``role`` (``pad``, ``cls``, ``eos``, ``start``, ...)."""
-        token = ROLES[self.kind].get(role)
+        token = self.role_token(role)
         if token is None:
-            raise PretuneError(
-                f"a {self.kind} tokenizer has no {role} token; roles: {', '.join(ROLES[self.kind])}"
-            )
-        i = self.backend.token_to_id(token)
-        if i is None:
-            hint = "; call ensure_gpt_special_tokens() to add it" if self.kind == "bpe" else ""
-            raise PretuneError(f"this tokenizer has no {token} token (the {role} role){hint}")
-        return i
+            names = " or ".join(ROLE_CANDIDATES[role] + ROLE_CANDIDATES.get(_PARTNER.get(role, ""), ()))
+            hint = ("call ensure_gpt_special_tokens() to add it" if role in ("start", "delim", "extract", "pad") and self.kind == "bpe"
+                    else f"name its token with --token-role {role}=TOKEN")
+            raise PretuneError(f"this tokenizer has no {role} token (looked for {names}); {hint}")
+        return self.backend.token_to_id(token)
 
     def has_role(self, role: str) -> bool:
-        token = ROLES[self.kind].get(role)
-        return token is not None and self.backend.token_to_id(token) is not None
+        return self.role_token(role) is not None
+
+    def hf_token_ids(self) -> dict[str, int]:
+        """``bos_token_id``, ``eos_token_id``, ``pad_token_id`` of the roles this tokenizer has
+        (for a Hugging Face ``config.json``: ``generate`` stops at the eos token); without a bos
+        token, the eos token opens a text too."""
+        ids = {f"{role}_token_id": self.role_id(role) for role in ("bos", "eos", "pad") if self.has_role(role)}
+        if "eos_token_id" in ids:  # GPT-2's convention: one end-of-text token opens and closes
+            ids.setdefault("bos_token_id", ids["eos_token_id"])
+        return ids
 
     pad_id = _role_property("pad")
     unk_id = _role_property("unk")
     cls_id = _role_property("cls")
     sep_id = _role_property("sep")
     mask_id = _role_property("mask")
+    bos_id = _role_property("bos")
     eos_id = _role_property("eos")
     start_id = _role_property("start")
     delim_id = _role_property("delim")
@@ -177,7 +230,7 @@ class Tokenizer:
     # -- save / load ----------------------------------------------------------------------------
     def save(self, directory: str | Path) -> Path:
         """Write ``tokenizer.json`` plus ``vocab.txt`` (WordPiece) or ``vocab.json`` + ``merges.txt``
-        (BPE) and the Hugging Face config files, each atomically. Returns the directory."""
+        (BPE) and the Hugging Face config files (with the roles), each atomically. Returns the directory."""
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
         vocab = self.backend.get_vocab(with_added_tokens=True)
@@ -187,22 +240,19 @@ class Tokenizer:
         files = {"tokenizer.json": self.backend.to_str(pretty=True)}
         if self.kind == "wordpiece":
             files["vocab.txt"] = "".join(t + "\n" for t, _ in by_id)
-        else:
+        elif self.kind == "bpe":
             merges = json.loads(files["tokenizer.json"])["model"]["merges"]
             files["vocab.json"] = json.dumps(dict(by_id), ensure_ascii=False)
             files["merges.txt"] = "#version: 0.2\n" + "".join(
                 (m if isinstance(m, str) else " ".join(m)) + "\n" for m in merges
             )
-        specials = {
-            key: ROLES[self.kind][role]
-            for role, key in _HF_KEYS.items()
-            if role in ROLES[self.kind] and self.has_role(role)
-        }
+        own = {role: t for role in ROLES if (t := self.role_token(role, partner=False)) is not None}
+        specials = {_HF_KEYS[role]: t for role, t in own.items() if role in _HF_KEYS}
         extra = [self.backend.id_to_token(i) for i in sorted(self.special_ids)]
         extra = [t for t in extra if t not in specials.values()]
         if extra:
             specials["additional_special_tokens"] = extra
-        config = {"tokenizer_class": "PreTrainedTokenizerFast", "pretune_kind": self.kind, **specials}
+        config = {"tokenizer_class": "PreTrainedTokenizerFast", "pretune_kind": self.kind, "pretune_roles": own, **specials}
         if self.kind == "wordpiece":
             config["do_lower_case"] = _lowercases(self.backend)
         else:
@@ -214,28 +264,35 @@ class Tokenizer:
         return d
 
     @classmethod
-    def load(cls, path: str | Path) -> Tokenizer:
+    def load(cls, path: str | Path, roles: Mapping[str, str] | None = None) -> Tokenizer:
         """Load from a directory holding ``tokenizer.json``, or ``vocab.txt`` (BERT), or
-        ``vocab.json`` + ``merges.txt`` (GPT BPE); a path to a ``tokenizer.json`` file also works."""
+        ``vocab.json`` + ``merges.txt`` (GPT BPE); a path to a ``tokenizer.json`` file also works.
+        The roles come from the directory's config files, then ``roles`` (which win)."""
         p = Path(path)
         if p.is_file() and p.suffix == ".json":
-            return cls(_from_json_file(p))
+            return cls(_from_json_file(p), roles)
         if not p.is_dir():
             raise PretuneError(f"{p}: tokenizer directory not found")
-        if (p / "tokenizer.json").is_file():
-            return cls(_from_json_file(p / "tokenizer.json"))
         config = _read_json(p / "tokenizer_config.json")
         specials_map = _read_json(p / "special_tokens_map.json")
-        if (p / "vocab.txt").is_file():
-            return cls(_bert_from_vocab(p / "vocab.txt", config, specials_map))
-        if (p / "vocab.json").is_file() and (p / "merges.txt").is_file():
-            return cls(_gpt_from_files(p, specials_map))
-        raise PretuneError(
-            f"{p}: no tokenizer files; looked for tokenizer.json, vocab.txt, or vocab.json + merges.txt"
-        )
+        if (p / "tokenizer.json").is_file():
+            backend = _from_json_file(p / "tokenizer.json")
+        elif (p / "vocab.txt").is_file():
+            backend = _bert_from_vocab(p / "vocab.txt", config, specials_map)
+        elif (p / "vocab.json").is_file() and (p / "merges.txt").is_file():
+            backend = _gpt_from_files(p, specials_map)
+        else:
+            raise PretuneError(
+                f"{p}: no tokenizer files; looked for tokenizer.json, vocab.txt, or vocab.json + merges.txt"
+            )
+        tok = cls(backend)
+        tok.set_roles(_configured_roles(config, specials_map), strict=False)
+        tok.set_roles(roles or {})
+        return tok
 
     def __repr__(self) -> str:
         return f"Tokenizer(kind={self.kind!r}, vocab_size={self.vocab_size})"
+
 
 
 def _lowercases(backend: tokenizers.Tokenizer) -> bool:
@@ -262,6 +319,17 @@ def _from_json_file(path: Path) -> tokenizers.Tokenizer:
         return tokenizers.Tokenizer.from_file(str(path))
     except Exception as exc:  # the Rust library raises plain Exception
         raise PretuneError(f"{path}: cannot load tokenizer ({exc})") from None
+
+
+def _configured_roles(config: dict, specials_map: dict) -> dict[str, str]:
+    """The roles a Hugging Face (or pretune) tokenizer directory names in its config files."""
+    roles = {}
+    for source in (config, specials_map):
+        roles.update({role: t for role, key in _HF_KEYS.items() if (t := _token_str(source.get(key)))})
+    saved = config.get("pretune_roles")
+    if isinstance(saved, dict):
+        roles.update({r: t for r, t in saved.items() if r in ROLE_CANDIDATES and isinstance(t, str)})
+    return roles
 
 
 def _token_str(value: object) -> str | None:
@@ -400,3 +468,6 @@ def train_tokenizer(
             backend.token_to_id("[CLS]"), backend.token_to_id("[SEP]")
         )
     return Tokenizer(backend)
+
+
+__all__ = ["BPE_SPECIALS", "KINDS", "ROLES", "ROLE_CANDIDATES", "WORDPIECE_SPECIALS", "Tokenizer", "train_tokenizer"]

@@ -2,8 +2,9 @@
 
 Embeddings (token + learned position [+ segment]), multi-head self-attention through
 ``torch.nn.functional.scaled_dot_product_attention``, a position-wise feed-forward network, and
-residual + LayerNorm blocks (post-LN as in both papers, pre-LN as an option). Nothing here knows
-about objectives or heads.
+residual + LayerNorm blocks (post-LN as in GPT-1 and BERT; pre-LN with a final LayerNorm as in
+GPT-2), and a key/value cache for decoding one token at a time. Nothing here knows about
+objectives or heads.
 """
 
 from __future__ import annotations
@@ -37,14 +38,17 @@ class Embeddings(nn.Module):
         self.drop = nn.Dropout(cfg.dropout)
         self.max_positions = cfg.max_positions
 
-    def forward(self, input_ids: Tensor, token_type_ids: Tensor | None = None) -> Tensor:
+    def forward(self, input_ids: Tensor, token_type_ids: Tensor | None = None, positions: Tensor | None = None) -> Tensor:
+        """``positions`` (b, t) or (1, t): each token's position (left-padded prompts, decoding with a
+        cache); the caller keeps them below ``max_positions``. Default: 0 .. t-1."""
         seq_len = input_ids.shape[1]
-        if seq_len > self.max_positions:
-            raise ValueError(
-                f"sequence of {seq_len} tokens is longer than the model's max_positions "
-                f"({self.max_positions}); truncate the input or lower --seq-len/--max-seq-len"
-            )
-        positions = torch.arange(seq_len, device=input_ids.device)
+        if positions is None:
+            if seq_len > self.max_positions:
+                raise ValueError(
+                    f"sequence of {seq_len} tokens is longer than the model's max_positions "
+                    f"({self.max_positions}); truncate the input or lower --seq-len/--max-seq-len"
+                )
+            positions = torch.arange(seq_len, device=input_ids.device)
         x = self.tok(input_ids) + self.pos(positions)
         if self.seg is not None:
             if token_type_ids is None:
@@ -71,13 +75,18 @@ class SelfAttention(nn.Module):
         self.proj = nn.Linear(cfg.hidden, cfg.hidden)
         self.attn_dropout = cfg.attn_dropout
 
-    def forward(self, x: Tensor, mask: Tensor | None, causal: bool, queries: Tensor | None = None) -> Tensor:
+    def forward(self, x: Tensor, mask: Tensor | None, causal: bool, queries: Tensor | None = None,
+                cache: LayerCache | None = None) -> Tensor:
         """``queries`` (b, p, h), when given, are the only rows whose outputs are computed
-        (bidirectional attention only); keys and values still come from every row of ``x``."""
+        (bidirectional attention only); keys and values still come from every row of ``x``.
+        ``cache``: keys and values of earlier positions; this call's are appended, and ``x``'s rows
+        attend over both (``mask`` then covers every key)."""
         b, t, h = x.shape
         n, d = self.n_heads, h // self.n_heads
         if queries is None:
             q, k, v = self.qkv(x).view(b, t, 3, n, d).permute(2, 0, 3, 1, 4)
+            if cache is not None:
+                k, v = cache.append(k, v)
         else:
             if causal:
                 raise ValueError("a subset of query rows is only supported for bidirectional attention")
@@ -144,13 +153,15 @@ class Block(nn.Module):
         self.drop = nn.Dropout(cfg.dropout)
         self.pre_norm = cfg.norm == "pre"
 
-    def forward(self, x: Tensor, mask: Tensor | None, causal: bool, rows: Tensor | None = None) -> Tensor:
-        """``rows`` (b, p) of positions: compute the block's output at those positions only."""
+    def forward(self, x: Tensor, mask: Tensor | None, causal: bool, rows: Tensor | None = None,
+                cache: LayerCache | None = None) -> Tensor:
+        """``rows`` (b, p) of positions: compute the block's output at those positions only.
+        ``cache``: this layer's keys and values of earlier positions (decoding)."""
         if rows is None:
             if self.pre_norm:
-                x = x + self.drop(self.attn(self.norm1(x), mask, causal))
+                x = x + self.drop(self.attn(self.norm1(x), mask, causal, cache=cache))
                 return x + self.drop(self.mlp(self.norm2(x)))
-            x = self.norm1(x + self.drop(self.attn(x, mask, causal)))
+            x = self.norm1(x + self.drop(self.attn(x, mask, causal, cache=cache)))
             return self.norm2(x + self.drop(self.mlp(x)))
         picked = gather_rows(x, rows)
         if self.pre_norm:
@@ -166,23 +177,69 @@ def gather_rows(x: Tensor, rows: Tensor) -> Tensor:
     return x.gather(1, rows.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
 
 
-def attention_mask(padding_mask: Tensor | None, causal: bool, seq_len: int) -> Tensor | None:
-    """Boolean SDPA mask (True = may attend) from a ``(batch, seq)`` padding mask.
+def attention_mask(padding_mask: Tensor | None, causal: bool, seq_len: int, past: int = 0) -> Tensor | None:
+    """Boolean SDPA mask (True = may attend) from a ``(batch, past + seq)`` padding mask.
 
     Returns None when nothing is masked beyond causality, so SDPA can use its flash kernel with
     ``is_causal``. With padding, keys that are padding are hidden, and the causal triangle is
-    folded in for GPT.
+    folded in for GPT. ``past``: positions already in a key/value cache; the ``seq_len`` new
+    queries sit after them (query i at position ``past + i`` sees keys up to it).
     """
     if padding_mask is None:
         return None
-    keys = padding_mask.bool()[:, None, None, :]  # (b, 1, 1, t)
+    keys = padding_mask.bool()[:, None, None, :]  # (b, 1, 1, past + t)
     if not causal:
         return keys
-    tri = torch.ones(seq_len, seq_len, dtype=torch.bool, device=padding_mask.device).tril()
-    mask = keys & tri
+    device = padding_mask.device
+    query_pos = torch.arange(past, past + seq_len, device=device)[:, None]
+    key_pos = torch.arange(past + seq_len, device=device)[None, :]
     # A query row with nothing to attend to (left padding under causality) would give NaN;
     # let such rows attend to themselves: their outputs are padding and never used.
-    return mask | torch.eye(seq_len, dtype=torch.bool, device=padding_mask.device)
+    return (keys & (key_pos <= query_pos)) | (key_pos == query_pos)
+
+
+class KVCache:
+    """Keys and values of every layer at the positions a causal model has seen: decoding then runs
+    the model on the new token only, not on the whole prefix again.
+
+    ``Transformer.forward(..., cache=c)`` appends its positions' keys and values and attends over
+    all of them; ``length`` counts the positions held. Each layer's buffers are allocated at
+    ``max_len`` positions on first use (in the dtype of its keys), so a step writes in place.
+    """
+
+    def __init__(self, n_layers: int, max_len: int) -> None:
+        self.max_len = max_len
+        self.length = 0
+        self.keys: list[Tensor | None] = [None] * n_layers
+        self.values: list[Tensor | None] = [None] * n_layers
+
+    def layer(self, index: int) -> LayerCache:
+        return LayerCache(self, index)
+
+    def append(self, index: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """Store layer ``index``'s keys and values (b, heads, t, d) after the ``length`` held;
+        return the keys and values of all ``length + t`` positions."""
+        end = self.length + k.shape[2]
+        if end > self.max_len:
+            raise ValueError(f"the key/value cache holds {self.max_len} positions; {end} were asked for")
+        if self.keys[index] is None:
+            b, n, _, d = k.shape
+            self.keys[index], self.values[index] = (k.new_empty(b, n, self.max_len, d) for _ in range(2))
+        keys, values = self.keys[index], self.values[index]
+        keys[:, :, self.length : end] = k
+        values[:, :, self.length : end] = v
+        return keys[:, :, :end], values[:, :, :end]
+
+
+@dataclass(frozen=True)
+class LayerCache:
+    """One layer's view of a :class:`KVCache`."""
+
+    owner: KVCache
+    index: int
+
+    def append(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        return self.owner.append(self.index, k, v)
 
 
 class Transformer(nn.Module):
@@ -202,6 +259,8 @@ class Transformer(nn.Module):
         token_type_ids: Tensor | None = None,
         output_hidden_states: bool = False,
         last_rows: Tensor | None = None,
+        positions: Tensor | None = None,
+        cache: KVCache | None = None,
     ) -> tuple[Tensor, list[Tensor]]:
         """Final hidden states ``(b, t, h)``, and every layer's output when asked (embeddings first).
 
@@ -212,15 +271,28 @@ class Transformer(nn.Module):
         attention output, feed-forward), and the result is ``(b, p, h)``, the same values as the
         full result at those positions. BERT's pretraining uses it: only ``[CLS]`` and the masked
         positions feed a loss, and the last layer's work at the other ~85% is wasted otherwise.
+
+        ``positions``: each token's position (default 0 .. t-1 after the cache's positions).
+        ``cache``: decoding (see :class:`KVCache`); ``padding_mask`` then covers the cached positions
+        and the new ones, ``(b, cache.length + t)``, and may be None when nothing is padding.
         """
-        mask = attention_mask(padding_mask, self.cfg.causal, input_ids.shape[1])
-        x = self.embeddings(input_ids, token_type_ids)
+        b, t = input_ids.shape
+        past = 0 if cache is None else cache.length
+        if cache is not None:
+            if padding_mask is None:
+                padding_mask = torch.ones(b, past + t, dtype=torch.bool, device=input_ids.device)
+            if positions is None:
+                positions = torch.arange(past, past + t, device=input_ids.device)[None]
+        mask = attention_mask(padding_mask, self.cfg.causal, t, past)
+        x = self.embeddings(input_ids, token_type_ids, positions)
         states = [x] if output_hidden_states else []
         last = len(self.blocks) - 1
         for i, block in enumerate(self.blocks):
-            x = block(x, mask, self.cfg.causal, last_rows if i == last else None)
+            x = block(x, mask, self.cfg.causal, last_rows if i == last else None, None if cache is None else cache.layer(i))
             if output_hidden_states:
                 states.append(x)
+        if cache is not None:
+            cache.length += t
         if self.norm_f is not None:
             x = self.norm_f(x)
             if output_hidden_states:
@@ -279,6 +351,6 @@ def count_parameters(module: nn.Module) -> int:
 
 
 __all__ = [
-    "Backbone", "Block", "ModelOutput", "Embeddings", "FeedForward", "SelfAttention", "Transformer",
+    "Backbone", "Block", "KVCache", "LayerCache", "ModelOutput", "Embeddings", "FeedForward", "SelfAttention", "Transformer",
     "activation", "attention_mask", "count_parameters", "gather_rows", "init_weights",
 ]

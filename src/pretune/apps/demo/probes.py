@@ -1,5 +1,5 @@
-"""What the pretrained models learned, measured: the "눈" example, GPT-1's zero-shot sentiment and
-its layers-transferred analysis (figure 2)."""
+"""What the pretrained models learned, measured: the "눈" example and its sense probe, GPT-1's
+zero-shot sentiment and its layers-transferred analysis (figure 2)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,12 @@ from pretune.apps.demo.settings import DemoSettings
 from pretune.apps.demo.stages import finetune_stage
 from pretune.checkpoint import load_model
 from pretune.report import plot_lines, read_metrics
+from pretune.senses import plot_probes, read_senses, sense_probe, untrained_twin
 from pretune.train.trainer import checkpoint_dirs
+
+# The sense probe's sentences: 24 uses of "눈" as snow and 24 as eye (see the file's header).
+SENSES_DATA = Path(__file__).with_name("senses_nun_ko.tsv")
+SENSE_WORD = "눈"
 
 # Senses of "눈" for the contextual-embedding example: snow and eye.
 SNOW = ["눈이 와서 너무 좋다", "밤새 눈이 내려 길이 하얗다", "겨울에는 눈이 많이 온다"]
@@ -41,6 +46,19 @@ def contextual_embedding_table(model_dir: Path) -> dict[str, Any]:
         "sentences": SNOW + EYE, "senses": senses, "tokens": [item.tokens for item in items], "cosine": sim,
         "same_sense_mean": sum(same) / len(same), "cross_sense_mean": sum(cross) / len(cross),
     }
+
+
+def contextual_embedding_stage(model_dir: Path, out: Path, s: DemoSettings) -> dict[str, Any]:
+    """The "눈" example (:func:`contextual_embedding_table`) and the sense probe over
+    :data:`SENSES_DATA`: the pretrained model at every layer (layer 0, the embeddings, is the
+    near-static baseline) against its untrained twin (same config, fresh weights, ``s.seed``);
+    plots ``senses_accuracy.png`` and ``senses_cosine.png`` into ``out``."""
+    loaded = load_model(model_dir)
+    rows = read_senses(SENSES_DATA)
+    probes = {name: sense_probe(model, loaded.tokenizer, rows, SENSE_WORD)
+              for name, model in (("pretrained", loaded.model), ("untrained", untrained_twin(loaded.model, s.seed)))}
+    plot_probes(probes, out)
+    return {**contextual_embedding_table(model_dir), "probe": probes}
 
 
 @torch.no_grad()
@@ -99,4 +117,5 @@ def gpt_analysis(gpt_dir: Path, splits: dict[str, Any], out: Path, s: DemoSettin
     return {"layers_transferred": layers, "zero_shot": dict(sorted(zero.items())), "labels": labels}
 
 
-__all__ = ["EYE", "SNOW", "ZERO_SHOT", "contextual_embedding_table", "gpt_analysis", "zero_shot_accuracy"]
+__all__ = ["EYE", "SENSES_DATA", "SENSE_WORD", "SNOW", "ZERO_SHOT", "contextual_embedding_stage", "contextual_embedding_table",
+           "gpt_analysis", "zero_shot_accuracy"]

@@ -56,6 +56,29 @@ def cosine_table(emb: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def senses_section(emb: dict[str, Any]) -> str:
+    """The sense probe: per layer, the pretrained model against its untrained twin, and a verdict."""
+    from pretune.senses import chance_accuracy, probe_table
+
+    probes = emb.get("probe")
+    if not probes:
+        return ""
+    pre, twin = probes["pretrained"]["layers"], probes["untrained"]["layers"]
+    best = max(pre[1:], key=lambda x: x["nn_accuracy"])
+    n = probes["pretrained"]["sentences"]
+    chance = chance_accuracy(probes["pretrained"]["senses"])
+    return (
+        f"\n### The sense probe: \"{probes['pretrained']['word']}\" in {n} sentences\n"
+        f"Leave-one-out nearest-neighbour sense accuracy of the word's vector (chance {chance:.2f}: the nearest other "
+        f"sentence is of the same sense) and the mean cosine of same- and cross-sense pairs, at every layer (0 = "
+        f"embeddings: the token and its position, nearly static). Pretrained: best layer {best['layer']} at "
+        f"**{best['nn_accuracy']:.2f}**, layer 0 at {pre[0]['nn_accuracy']:.2f}; the untrained twin (same shape, fresh "
+        f"weights) reaches {max(x['nn_accuracy'] for x in twin[1:]):.2f} at its best layer. "
+        f"The sentences are `src/pretune/apps/demo/senses_nun_ko.tsv`.\n\n"
+        f"{probe_table(probes)}\n\n![sense accuracy by layer](senses_accuracy.png) ![cosine by layer](senses_cosine.png)\n"
+    )
+
+
 def analysis_section(results: dict[str, Any]) -> str:
     if "analysis" not in results:
         return ""
@@ -89,10 +112,10 @@ def write_report(out: Path, results: dict[str, Any]) -> Path:
         cross_sense=f"{emb['cross_sense_mean']:.3f}",
         sense_verdict="same-sense pairs are closer, as contextual embeddings should make them" if separated
         else "the model does not separate the senses at this amount of pretraining",
-        cosine_table=cosine_table(emb), analysis=analysis_section(results),
+        cosine_table=cosine_table(emb), senses=senses_section(emb), analysis=analysis_section(results),
         stages="\n".join(f"| {k} | {v:.0f} |" for k, v in results["timings_s"].items()),
     )
     return write_text(out / "report.md", text)
 
 
-__all__ = ["conclusion", "write_report"]
+__all__ = ["conclusion", "senses_section", "write_report"]

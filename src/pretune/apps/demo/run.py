@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from pretune.apps.demo.data import corpus_slice, make_splits, nsmc_files
-from pretune.apps.demo.probes import contextual_embedding_table, gpt_analysis
+from pretune.apps.demo.probes import contextual_embedding_stage, gpt_analysis
 from pretune.apps.demo.report import write_report
 from pretune.apps.demo.settings import PRETRAIN_SHARE, DemoSettings, epochs_for
 from pretune.apps.demo.stages import (
@@ -119,7 +119,7 @@ def run_demo(s: DemoSettings, command: str = "pretune demo") -> dict[str, Any]:
     models = _pretrain_all(corpus, out, s, timer, results)
     splits = timer.run("label budgets and test sample", lambda: make_splits(files, out / "work", s))
     results["runs"] = _finetune_all(models, splits, out, s, timer)
-    results["contextual_embedding"] = timer.run("contextual embeddings", lambda: contextual_embedding_table(Path(models[0][1])))
+    results["contextual_embedding"] = timer.run("contextual embeddings", lambda: contextual_embedding_stage(Path(models[0][1]), out, s))
     if s.analysis:
         gpt_dir = Path(next(m[1] for m in models if m[0] == "gpt"))
         results["analysis"] = timer.run("gpt-1 analyses", lambda: gpt_analysis(gpt_dir, splits, out, s, results["runs"]))

@@ -1,0 +1,53 @@
+"""`pretune senses`: does the model give a word a different vector per sense? Measured layer by layer."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from pathlib import Path
+
+from pretune.settings import add_command, require, setting
+from pretune.train.settings import Runtime
+
+
+@dataclass
+class SensesSettings(Runtime):
+    model: str | None = setting(None, help="pretune or Hugging Face model directory")
+    data: str | None = setting(None, metavar="FILE", help="sense<TAB>sentence rows (# comments and blank lines skipped)")
+    word: str | None = setting(None, help="the word whose senses the sentences use")
+    untrained: bool = setting(False, help="also probe a freshly initialised model of the same config (the baseline)")
+    seed: int = setting(0, help="initialisation seed of the untrained model")
+    out: str | None = setting(None, metavar="DIR", help="write senses.json and the plots (senses_accuracy.png, senses_cosine.png) here")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    add_command(sub, "senses", SensesSettings, run, help="measure per layer whether a word's vectors separate its senses",
+                description="For each layer (0 = embeddings): the leave-one-out nearest-neighbour sense accuracy of the "
+                "word's vectors, and the mean cosine of same-sense and cross-sense sentence pairs.")
+
+
+def run(s: SensesSettings) -> int:
+    from pretune.checkpoint import load_model
+    from pretune.errors import PretuneError
+    from pretune.io import write_json
+    from pretune.precision import autocast, resolve_precision
+    from pretune.senses import plot_probes, probe_table, read_senses, sense_probe, untrained_twin
+    from pretune.train.distributed import resolve_device
+
+    require(s, "model", "data", "word")
+    rows = read_senses(s.data)
+    loaded = load_model(s.model)
+    if loaded.tokenizer is None:
+        raise PretuneError(f"--model {s.model}: no tokenizer files (tokenizer.json, vocab.txt or vocab.json)")
+    dev = resolve_device(s.device)
+    model = loaded.model.to(dev).eval()
+    models = {"model": model, **({"untrained": untrained_twin(model, s.seed)} if s.untrained else {})}
+    with autocast(dev, resolve_precision(s.precision, dev)):
+        probes = {name: sense_probe(m, loaded.tokenizer, rows, s.word) for name, m in models.items()}
+    print(probe_table(probes))
+    if s.out:
+        out = Path(s.out)
+        write_json(out / "senses.json", {"model": s.model, "data": s.data, **probes})
+        pngs = plot_probes(probes, out)
+        print(f"wrote {out / 'senses.json'}, {', '.join(str(p) for p in pngs)}")
+    return 0
