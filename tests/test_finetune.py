@@ -634,8 +634,8 @@ def test_qa_offset_mismatch_skipped_with_count_or_fails_if_all(work: Path, tmp_p
     assert code == 0, err
     assert "warning" in err and "skipped 3 of 40 answers" in err
     allbad = make_squad(tmp_path, 20, rng, "all_bad.json", break_offsets=10**6)
-    msg = _fail([*_base(work, tmp_path), "--task", "qa", "--train", allbad, "--validation", work / "qa_dev.json"],
-                monkeypatch, capsys)
+    msg = _fail([*_base(work, tmp_path), "--task", "qa", "--train", allbad, "--validation", work / "qa_dev.json",
+                 "--overwrite"], monkeypatch, capsys)  # --out holds the first run
     assert "all 20 answers have answer_start offsets that do not match" in msg
 
 
@@ -648,7 +648,7 @@ def test_too_long_text_truncated_with_count_or_fails(work: Path, tmp_path: Path,
     assert code == 0, err
     assert "2 of 4 training examples were longer than --max-seq-len allows and were truncated" in err
     msg = _fail([*_base(work, tmp_path), "--task", "classification", "--train", train, "--validation", train,
-                 "--no-truncate"], monkeypatch, capsys)
+                 "--no-truncate", "--overwrite"], monkeypatch, capsys)  # --out holds the first run
     assert f"{train}:2: the input is" in msg and "--no-truncate" in msg
 
 

@@ -34,6 +34,7 @@ TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json")
 MODEL_FILES = frozenset({CONFIG_FILE, WEIGHTS_FILE, *TOKENIZER_FILES, "merges.txt", "special_tokens_map.json",
                          "tokenizer_config.json"})
 PENDING_DIR = ".pending-model"
+MANIFEST = "files.json"  # in PENDING_DIR: the files of the version it holds
 SAVED_KEY = "saved"  # config.json: {"version": id repeated in the weights' metadata, "tokenizer_sha256": ...}
 
 
@@ -93,14 +94,16 @@ def save_model(
     A new directory (or, with ``replace``, a whole new version of an existing one) is built under a
     temporary name and renamed into place. Into an existing run directory (which also holds
     checkpoints and logs), the new version is first built and flushed whole as ``.pending-model/``
-    (one rename: the commit point), then its files are moved over the old ones; a crash in between
-    leaves the pending version, which the next load or save finishes moving (:func:`finish_pending`).
+    with the list of its files (one rename: the commit point), then its files are moved over the old
+    ones; a crash in between leaves the pending version, which the next load or save finishes
+    moving (:func:`finish_pending`).
     """
     out_dir = Path(out_dir)
     if out_dir.is_dir() and not replace:
         finish_pending(out_dir)
         with atomic_dir(out_dir / PENDING_DIR) as tmp:
             write_model_files(tmp, model, tokenizer, task, exclude, state)
+            (tmp / MANIFEST).write_text(json.dumps(sorted(p.name for p in tmp.iterdir())), encoding="utf-8")
         finish_pending(out_dir)
     else:
         with atomic_dir(out_dir) as tmp:
@@ -119,12 +122,14 @@ def finish_pending(directory: str | Path) -> None:
     if not pending.is_dir():
         return
     try:
-        names = {p.name for p in pending.iterdir()}
+        names = set(json.loads((pending / MANIFEST).read_text(encoding="utf-8")))
         for name in MODEL_FILES - names:
             (directory / name).unlink(missing_ok=True)
         for name in sorted(names, key=lambda n: n == CONFIG_FILE):  # the config last
-            os.replace(pending / name, directory / name)
+            if (pending / name).exists():  # not yet moved by the interrupted attempt
+                os.replace(pending / name, directory / name)
         fsync_path(directory)
+        (pending / MANIFEST).unlink()
         pending.rmdir()
         fsync_path(directory)
     except OSError as exc:
