@@ -12,7 +12,6 @@ from __future__ import annotations
 import gzip
 import json
 import os
-import random
 import subprocess
 import sys
 from pathlib import Path
@@ -39,14 +38,7 @@ pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="the gloo multi-
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from test_finetune import (
-        _sentence,
-        make_choices,
-        make_classification,
-        make_conll,
-        make_regression,
-        make_squad,
-    )
+    from test_finetune import make_task_data
 
     nsmc, shakespeare = DATA / "nsmc" / "unlabeled.txt.gz", DATA / "tinyshakespeare" / "input.txt"
     if not (nsmc.is_file() and shakespeare.is_file()):
@@ -60,19 +52,9 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (d / "en.txt").write_text(shakespeare.read_text(encoding="utf-8")[:60_000], encoding="utf-8")
     train_tokenizer([d / "ko.txt"], "wordpiece", 800, show_progress=False).save(d / "ko-wp")
     train_tokenizer([d / "en.txt"], "bpe", 400, show_progress=False).save(d / "en-bpe")
-    rng = random.Random(0)
-    (d / "corpus.txt").write_text("\n".join(_sentence(rng, 12, ["good", "paris", "which"]) for _ in range(200)) + "\n")
     # 29 training examples with --batch-size 8: each epoch ends in a partial global batch of 5,
     # which two processes share unevenly (3 + 2)
-    for split, n in (("train", 29), ("dev", 12)):
-        make_classification(d, n, rng, f"cls_{split}.tsv")
-        make_classification(d, n, rng, f"pair_{split}.tsv", pair=True)
-        make_regression(d, n, rng, f"reg_{split}.tsv")
-        make_choices(d, n, rng, f"mc_{split}.jsonl")
-        make_squad(d, n, rng, f"qa_{split}.json")
-        make_conll(d, n, rng, f"tag_{split}.conll")
-    train_tokenizer([d / "corpus.txt"], "wordpiece", 200, lowercase=True, show_progress=False).save(d / "wp")
-    train_tokenizer([d / "corpus.txt"], "bpe", 320, show_progress=False).save(d / "bpe")
+    make_task_data(d, {"train": 29, "dev": 12}, corpus_lines=200)
     return d
 
 

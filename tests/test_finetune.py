@@ -117,14 +117,14 @@ def make_conll(d: Path, n: int, rng: random.Random, name: str) -> Path:
     return path
 
 
-@pytest.fixture(scope="module")
-def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    d = tmp_path_factory.mktemp("finetune")
+def make_task_data(d: Path, sizes: dict[str, int], corpus_lines: int = 300) -> Path:
+    """A corpus, files of every family for each split (``{"train": n, ...}``) and two tokenizers."""
     rng = random.Random(0)
     (d / "corpus.txt").write_text(
-        "\n".join(_sentence(rng, 12, ["good", rng.choice(CITIES), "which"]) for _ in range(300)) + "\n", encoding="utf-8"
+        "\n".join(_sentence(rng, 12, ["good", rng.choice(CITIES), "which"]) for _ in range(corpus_lines)) + "\n",
+        encoding="utf-8",
     )
-    for split, n in (("train", 240), ("dev", 60)):
+    for split, n in sizes.items():
         make_classification(d, n, rng, f"cls_{split}.tsv")
         make_classification(d, n, rng, f"pair_{split}.tsv", pair=True)
         make_regression(d, n, rng, f"reg_{split}.tsv")
@@ -136,6 +136,11 @@ def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
     bpe = train_tokenizer([d / "corpus.txt"], "bpe", 320, show_progress=False)
     bpe.save(d / "bpe")
     return d
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_task_data(tmp_path_factory.mktemp("finetune"), {"train": 240, "dev": 60})
 
 
 TASKS = {

@@ -315,7 +315,7 @@ def _read_config(source: ModelSource, overrides: dict[str, Any]) -> tuple[ModelC
         cfg = hf.config_from_hf(raw, source=where)
     else:
         check_versions(source.path, raw)
-        cfg = ModelConfig.from_dict({k: v for k, v in raw.items() if k != SAVED_KEY}, source=where)
+        cfg = ModelConfig.from_dict(raw, source=where)
     return (cfg.replace(**overrides) if overrides else cfg), raw
 
 
