@@ -10,7 +10,9 @@ shared machine hits both alike; the 1-minute load average is recorded before eve
 ``--max-load`` each run first waits (up to ``--wait`` seconds) for the load to fall below it.
 
 Writes ``OUT/dist_scaling.json`` (every run, and per workload the median tokens/s of each mode
-and the median of the per-repeat ratios 2x1 / 1x2) and ``OUT/dist_scaling.png``.
+and the median of the per-repeat ratios to the first mode) and ``OUT/dist_scaling.png``.
+``--modes 1x2 2x1 1x1 1x2-passive`` adds one process with one thread, and one process whose two
+OpenMP threads sleep when idle (``OMP_WAIT_POLICY=PASSIVE``) instead of spinning.
 
 Usage::
 
@@ -33,7 +35,11 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 NSMC = REPO.parent / "shared" / "data" / "nsmc"
-MODES = {"1x2": (1, 2), "2x1": (2, 1)}  # processes x threads
+# processes x threads (and extra environment): the comparison asked for is 1x2 against 2x1; 1x1 shows
+# what one thread alone does, 1x2-passive one process whose OpenMP threads sleep instead of spinning
+MODES: dict[str, tuple[int, int, dict[str, str]]] = {
+    "1x2": (1, 2, {}), "2x1": (2, 1, {}), "1x1": (1, 1, {}), "1x2-passive": (1, 2, {"OMP_WAIT_POLICY": "PASSIVE"}),
+}
 
 
 def prepare(work: Path) -> dict[str, Path]:
@@ -80,8 +86,9 @@ def wait_for_quiet(max_load: float | None, wait_s: float) -> float:
 
 
 def run_once(argv: list[str], mode: str, out: Path) -> dict:
-    procs, threads = MODES[mode]
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONPATH": str(REPO / "src"), "TOKENIZERS_PARALLELISM": "false"}
+    procs, threads, extra = MODES[mode]
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONPATH": str(REPO / "src"), "TOKENIZERS_PARALLELISM": "false",
+           **extra}
     env.pop("WORLD_SIZE", None)
     launch = [sys.executable, "-m", "pretune"] if procs == 1 else [
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(procs), "-m", "pretune"]
@@ -96,19 +103,24 @@ def run_once(argv: list[str], mode: str, out: Path) -> dict:
             "wall_s": round(wall, 1)}
 
 
-def summarise(runs: list[dict]) -> dict:
+def summarise(runs: list[dict], modes: list[str]) -> dict:
+    """Per workload: the median tokens/s of each mode, and each mode's per-repeat ratio to the first."""
     summary = {}
     for name in dict.fromkeys(r["workload"] for r in runs):
         mine = [r for r in runs if r["workload"] == name]
-        by_mode = {m: [r["tokens_per_s"] for r in mine if r["mode"] == m] for m in MODES}
-        ratios = [b / a for a, b in zip(by_mode["1x2"], by_mode["2x1"])]
-        summary[name] = {**{f"tokens_per_s_{m}": round(statistics.median(v), 1) for m, v in by_mode.items()},
-                         "ratio_2x1_over_1x2": round(statistics.median(ratios), 3), "ratios": [round(x, 3) for x in ratios],
-                         "load_1min": [r["load_before"] for r in mine]}
+        by_mode = {m: [r["tokens_per_s"] for r in mine if r["mode"] == m] for m in modes}
+        base = modes[0]
+        ratios = {m: [b / a for a, b in zip(by_mode[base], v)] for m, v in by_mode.items() if m != base}
+        summary[name] = {
+            **{f"tokens_per_s_{m}": round(statistics.median(v), 1) for m, v in by_mode.items()},
+            **{f"ratio_{m}_over_{base}": round(statistics.median(v), 3) for m, v in ratios.items()},
+            "ratios": {m: [round(x, 3) for x in v] for m, v in ratios.items()},
+            "load_1min": [r["load_before"] for r in mine],
+        }
     return summary
 
 
-def plot(runs: list[dict], summary: dict, path: Path, machine: str) -> None:
+def plot(runs: list[dict], summary: dict, modes: list[str], path: Path, machine: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -116,13 +128,14 @@ def plot(runs: list[dict], summary: dict, path: Path, machine: str) -> None:
 
     fig, axes = plt.subplots(1, len(summary), figsize=(5 * len(summary), 4), squeeze=False)
     for ax, (name, s) in zip(axes[0], summary.items()):
-        for i, mode in enumerate(MODES):
+        for i, mode in enumerate(modes):
             points = [r["tokens_per_s"] for r in runs if r["workload"] == name and r["mode"] == mode]
-            ax.bar(i, s[f"tokens_per_s_{mode}"], color=("#4c72b0", "#dd8452")[i], alpha=0.7)
+            ax.bar(i, s[f"tokens_per_s_{mode}"], color=f"C{i}", alpha=0.7)
             ax.plot([i] * len(points), points, "k.")
-        ax.set_xticks(range(len(MODES)), ["1 process x 2 threads", "2 processes x 1 thread"])
+        ax.set_xticks(range(len(modes)), [m.replace("x", " proc x ", 1) + " thr" for m in modes], fontsize=7)
         ax.set_ylabel("tokens/s (median; dots: repeats)")
-        ax.set_title(f"{name}\n2x1 / 1x2 = {s['ratio_2x1_over_1x2']:.2f}", fontsize=9)
+        shown = ", ".join(f"{k[6:]} {v:.2f}" for k, v in s.items() if k.startswith("ratio_"))
+        ax.set_title(f"{name}\n{shown}", fontsize=8)
     fig.suptitle(f"{machine}; shared cores, load {min(min(s['load_1min']) for s in summary.values()):.1f}-"
                  f"{max(max(s['load_1min']) for s in summary.values()):.1f}", fontsize=8)
     fig.tight_layout()
@@ -136,6 +149,8 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=40, help="optimizer steps per run (logged every 10)")
     p.add_argument("--max-load", type=float, default=None, help="wait for the 1-minute load to fall below this")
     p.add_argument("--wait", type=float, default=600, help="seconds to wait for --max-load at most, per run")
+    p.add_argument("--modes", nargs="+", default=["1x2", "2x1"], choices=list(MODES),
+                   help="processes x threads to compare (ratios are to the first)")
     a = p.parse_args()
     files = prepare(a.out / "work")
     jobs = workloads(files, a.steps, a.out / "work")
@@ -144,7 +159,7 @@ def main() -> None:
     runs = []
     for repeat in range(a.repeats):
         for name, argv in jobs.items():
-            for mode in (list(MODES) if repeat % 2 == 0 else list(MODES)[::-1]):
+            for mode in (a.modes if repeat % 2 == 0 else a.modes[::-1]):
                 load = wait_for_quiet(a.max_load, a.wait)
                 result = run_once(argv, mode, a.out / "run")
                 runs.append({"workload": name, "mode": mode, "repeat": repeat, "load_before": round(load, 2), **result})
@@ -152,10 +167,10 @@ def main() -> None:
     sys.path.insert(0, str(REPO / "src"))
     from pretune.report import machine
 
-    summary = summarise(runs)
-    out = {"machine": machine(), "steps": a.steps, "summary": summary, "runs": runs}
+    summary = summarise(runs, a.modes)
+    out = {"machine": machine(), "steps": a.steps, "modes": a.modes, "summary": summary, "runs": runs}
     (a.out / "dist_scaling.json").write_text(json.dumps(out, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    plot(runs, summary, a.out / "dist_scaling.png", out["machine"])
+    plot(runs, summary, a.modes, a.out / "dist_scaling.png", out["machine"])
     print(json.dumps(summary, indent=2, ensure_ascii=False))
 
 

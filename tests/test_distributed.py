@@ -103,6 +103,8 @@ def _cases(d: Path) -> list[dict]:
         *[_finetune(d, "bert", kind) for kind in FAMILIES],
         *[_finetune(d, "gpt", kind) for kind in FAMILIES if kind != "qa"],
         _finetune(d, "gpt", "tag", "--fsdp", "--grad-accum", "2", name="ft-gpt-tag-fsdp"),
+        _finetune(d, "gpt", "pair", name="ft-gpt-pair-resumed"),
+        {**_finetune(d, "gpt", "pair", "--resume", "--epochs", "3", name="ft-gpt-pair-resumed"), "name": "ft-resume"},
         _finetune(d, "bert", "mc", "--fsdp", name="ft-bert-mc-fsdp"),
         {"name": "unused", "python": "unused_parameter"},
         {**_pretrain(d, "gpt", "indivisible", "--batch-size", "7"), "name": "indivisible"},
@@ -187,13 +189,14 @@ def test_pretraining_equals_one_process(runs, name: str) -> None:
 
 
 @pytest.mark.parametrize("name", [f"ft-{f}-{k}" for f in ("bert", "gpt") for k in FAMILIES if (f, k) != ("gpt", "qa")]
-                         + ["ft-gpt-tag-fsdp", "ft-bert-mc-fsdp"])
+                         + ["ft-gpt-tag-fsdp", "ft-bert-mc-fsdp", "ft-gpt-pair-resumed"])
 def test_finetuning_equals_one_process(runs, name: str) -> None:
     one, two, _, _ = runs
     _same_curve(one / name, two / name)
     a, b = (json.loads((run / name / "eval_results.json").read_text()) for run in (one, two))
     # 29 examples, batch 8: 4 steps an epoch, the last on 5 examples (QA: windows; --grad-accum 2: half)
-    assert a["steps"] == b["steps"] == {"ft-bert-qa": a["steps"], "ft-gpt-tag-fsdp": 4}.get(name, 8)
+    # (resumed for a third epoch: 12)
+    assert a["steps"] == b["steps"] == {"ft-bert-qa": a["steps"], "ft-gpt-tag-fsdp": 4, "ft-gpt-pair-resumed": 12}.get(name, 8)
     for metric, value in a["validation"].items():  # scored by rank 0 from the directory as saved
         assert b["validation"][metric] == pytest.approx(value, abs=1e-3), metric
 

@@ -292,13 +292,13 @@ def test_resume_refuses_settings_that_change_the_results_and_names_each(tmp_path
     base = PretrainSettings(model="bert-tiny", data=["a.txt"], out=str(tmp_path / "run"), batch_size=8,
                             trainer=TrainSettings(seed=3))
     ckpt = _saved_run(tmp_path, base)
-    changed = dataclasses.replace(base, batch_size=16, seq_len=64, masking=MaskingSettings(whole_word_mask=True),
+    changed = dataclasses.replace(base, batch_size=16, seq_len=64, masking=MaskingSettings(whole_word_mask=True, nsp=False),
                                   trainer=TrainSettings(seed=4, lr=1e-3))
     with pytest.raises(PretuneError) as err:
         check_resume(ckpt, changed)
     message = str(err.value)
-    for part in ("--batch-size 8 -> 16", "--seq-len 128 -> 64", "--whole-word-mask False -> True", "--seed 3 -> 4",
-                 "--lr 0.0001 -> 0.001"):
+    for part in ("--batch-size 8 -> 16", "--seq-len 128 -> 64", "--whole-word-mask off -> on", "--no-nsp off -> on",
+                 "--seed 3 -> 4", "--lr 0.0001 -> 0.001"):
         assert part in message, part
     assert "\n" not in message and "--max-steps" in message.split("only ")[1]  # says what may change
     allowed = dataclasses.replace(base, max_steps=5000, eval_batches=3, trainer=TrainSettings(

@@ -123,7 +123,7 @@ def check_resume(checkpoint: Path, settings: Any) -> None:
     if saved.get("command") != cls.__name__:
         raise PretuneError(f"--resume: {checkpoint} belongs to a {saved.get('command')} run, not {cls.__name__}")
     old, new = _flat(saved["settings"]), _flat(to_dict(settings))
-    changed = [f"{opt.flag} {old.get(opt.dest)!r} -> {new.get(opt.dest)!r}" for opt in options(cls)
+    changed = [f"{opt.flag} {_shown(opt, old.get(opt.dest))} -> {_shown(opt, new.get(opt.dest))}" for opt in options(cls)
                if opt.dest != "out" and not _allowed(cls, opt.path) and _norm(old.get(opt.dest)) != _norm(new.get(opt.dest))]
     if changed:
         raise PretuneError(
@@ -141,6 +141,13 @@ def _flat(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             out[f"{prefix}{key}"] = value
     return out
+
+
+def _shown(opt: Any, value: Any) -> str:
+    """A value as the command line gives it: a switch is on or off (``--no-nsp`` is on when nsp is False)."""
+    if isinstance(value, bool):
+        return "on" if value != bool(opt.field.metadata.get("negate")) else "off"
+    return repr(value)
 
 
 def _norm(value: Any) -> Any:
