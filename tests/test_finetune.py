@@ -123,14 +123,14 @@ def make_conll(d: Path, n: int, rng: random.Random, name: str) -> Path:
     return path
 
 
-@pytest.fixture(scope="module")
-def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    d = tmp_path_factory.mktemp("finetune")
+def make_task_data(d: Path, sizes: dict[str, int], corpus_lines: int = 300) -> Path:
+    """A corpus, files of every family for each split (``{"train": n, ...}``) and two tokenizers."""
     rng = random.Random(0)
     (d / "corpus.txt").write_text(
-        "\n".join(_sentence(rng, 12, ["good", rng.choice(CITIES), "which"]) for _ in range(300)) + "\n", encoding="utf-8"
+        "\n".join(_sentence(rng, 12, ["good", rng.choice(CITIES), "which"]) for _ in range(corpus_lines)) + "\n",
+        encoding="utf-8",
     )
-    for split, n in (("train", 240), ("dev", 60)):
+    for split, n in sizes.items():
         make_classification(d, n, rng, f"cls_{split}.tsv")
         make_classification(d, n, rng, f"pair_{split}.tsv", pair=True)
         make_regression(d, n, rng, f"reg_{split}.tsv")
@@ -142,6 +142,11 @@ def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
     bpe = train_tokenizer([d / "corpus.txt"], "bpe", 320, show_progress=False)
     bpe.save(d / "bpe")
     return d
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_task_data(tmp_path_factory.mktemp("finetune"), {"train": 240, "dev": 60})
 
 
 TASKS = {
@@ -1017,8 +1022,8 @@ def test_qa_offset_mismatch_skipped_with_count_or_fails_if_all(work: Path, tmp_p
     assert code == 0, err
     assert "warning" in err and "skipped 3 of 40 answers" in err
     allbad = make_squad(tmp_path, 20, rng, "all_bad.json", break_offsets=10**6)
-    msg = _fail([*_base(work, tmp_path), "--task", "qa", "--train", allbad, "--validation", work / "qa_dev.json"],
-                monkeypatch, capsys)
+    msg = _fail([*_base(work, tmp_path), "--task", "qa", "--train", allbad, "--validation", work / "qa_dev.json",
+                 "--overwrite"], monkeypatch, capsys)  # --out holds the first run
     assert "all 20 answers have answer_start offsets that do not match" in msg
 
 
@@ -1031,7 +1036,7 @@ def test_too_long_text_truncated_with_count_or_fails(work: Path, tmp_path: Path,
     assert code == 0, err
     assert "2 of 4 training examples were longer than --max-seq-len allows and were truncated" in err
     msg = _fail([*_base(work, tmp_path), "--task", "classification", "--train", train, "--validation", train,
-                 "--no-truncate"], monkeypatch, capsys)
+                 "--no-truncate", "--overwrite"], monkeypatch, capsys)  # --out holds the first run
     assert f"{train}:2: the input is" in msg and "--no-truncate" in msg
 
 

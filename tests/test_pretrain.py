@@ -1,5 +1,6 @@
-"""`pretune pretrain` end to end: SIGKILL + resume is bit-exact, 2-process DDP matches 1 process,
-bad input is a one-line error, and the run directory is a normal model directory."""
+"""`pretune pretrain` end to end: SIGKILL + resume is bit-exact, bad input is a one-line error, the
+run directory is a normal model directory, and --out / --resume / --overwrite protect a run.
+(Two processes against one, for every training path: tests/test_distributed.py.)"""
 
 from __future__ import annotations
 
@@ -104,25 +105,6 @@ def test_sigkill_right_after_a_checkpoint_then_resume_is_bit_exact(korean, tmp_p
     assert results["steps"] == steps and (killed / "loss.png").is_file()
 
 
-@pytest.mark.skipif(sys.platform != "linux", reason="gloo multi-process test is run on Linux")
-def test_two_process_ddp_matches_one_process_loss_curve(english, tmp_path: Path) -> None:
-    corpus, tok = english
-    args = [
-        "pretrain", "--model", "gpt-tiny", "--tokenizer", str(tok), "--data", str(corpus), "--max-steps", "6",
-        "--batch-size", "8", "--seq-len", "32", "--lr", "1e-3", "--warmup-steps", "1", "--log-every", "1",
-        "--eval-batches", "1", "--seed", "5", "--set", "hidden=32", "n_heads=2", "ffn=64", "dropout=0", "attn_dropout=0",
-        "--no-progress", "--cache-dir", str(tmp_path / "cache"), "--device", "cpu",
-    ]
-    assert main([*args, "--out", str(tmp_path / "one")]) == 0
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533", "-m", "pretune"]
-    res = subprocess.run([*torchrun, *args, "--out", str(tmp_path / "two")], env=_env(), capture_output=True, text=True, timeout=300)
-    assert res.returncode == 0, res.stderr[-3000:]
-    one, two = _losses(tmp_path / "one"), _losses(tmp_path / "two")
-    assert [s for s, _ in one] == [s for s, _ in two] == list(range(1, 7))
-    assert max(abs(a - b) for (_, a), (_, b) in zip(one, two)) <= 1e-4
-    assert json.loads((tmp_path / "two" / "pretrain_results.json").read_text())["world_size"] == 2
-
-
 def test_gpt_loss_falls_on_shakespeare(english, tmp_path: Path) -> None:
     corpus, tok = english
     out = tmp_path / "gpt"
@@ -191,3 +173,28 @@ def test_fresh_bert_starts_with_the_unigram_prior_in_the_mlm_bias() -> None:
         model.mlm.norm.weight.zero_()
         probs = torch.softmax(model.mlm_logits(torch.randn(1, 128)), -1)[0].double()
     assert torch.allclose(probs, expected.exp(), atol=1e-6)
+
+
+def test_a_run_directory_needs_resume_or_overwrite(english, tmp_path: Path, capsys) -> None:
+    corpus, tok = english
+    out = tmp_path / "run"
+    base = [
+        "pretrain", "--model", "gpt-tiny", "--tokenizer", str(tok), "--data", str(corpus), "--out", str(out),
+        "--max-steps", "2", "--batch-size", "4", "--seq-len", "16", "--save-every", "1", "--log-every", "1",
+        "--eval-batches", "1", "--warmup-steps", "0", *TINY,
+    ]
+    assert main(base) == 0
+    err = _error(base, capsys)
+    assert "holds a run (newest checkpoint step-2)" in err and "--resume" in err and "--overwrite" in err
+    err = _error([*base, "--resume", "--batch-size", "8", "--seq-len", "32"], capsys)
+    assert "--batch-size 4 -> 8" in err and "--seq-len 16 -> 32" in err
+    assert "--resume and --overwrite" in _error([*base, "--resume", "--overwrite"], capsys)
+    assert main([*base, "--resume", "--max-steps", "3", "--log-every", "3"]) == 0  # allowed changes
+    assert [s for s, _ in _losses(out)] == [1, 2, 3]
+    (out / "notes.txt").write_text("old")
+    assert main([*base, "--overwrite", "--max-steps", "1"]) == 0
+    assert not (out / "notes.txt").exists() and [s for s, _ in _losses(out)] == [1]
+    assert [p.name for p in (out / "checkpoints").iterdir()] == ["step-1"] and (out / "data-cache").is_dir()
+    err = _error([*base[:8], str(tmp_path / "fresh"), *base[9:], "--resume"], capsys)
+    assert "no complete checkpoint" in err
+    assert "is, contains or lies inside the input" in _error([*base[:8], str(tok), *base[9:], "--overwrite"], capsys)

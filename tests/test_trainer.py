@@ -1,8 +1,17 @@
-"""The shared trainer on a tiny GPT with a synthetic, resumable batch stream."""
+"""The shared trainer on a tiny GPT with a synthetic, resumable batch stream: losses, exact resume,
+checkpoints that survive SIGKILL (mid-save, under a time budget), ``weights_only`` loading, the
+``--resume`` settings check, and model directories that are always one version."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -12,8 +21,13 @@ import torch
 
 from pretune.config import preset
 from pretune.errors import PretuneError
+from pretune.io import write_json
 from pretune.models import build_model
+from pretune.train.rundir import check_resume, may_change, saved_settings
+from pretune.train.settings import Columns, FinetuneSettings, MaskingSettings, PretrainSettings, TrainSettings
 from pretune.train.trainer import TrainConfig, Trainer, checkpoint_dirs, lr_factor, param_groups
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 class Counting:
@@ -149,3 +163,212 @@ def test_bad_settings_are_user_errors(tmp_path: Path) -> None:
         TrainConfig.make(out_dir=tmp_path, max_steps=1, schedule="step")
     with pytest.raises(PretuneError, match="--max-steps"):
         TrainConfig.make(out_dir=tmp_path, max_steps=0)
+
+
+# --------------------------------------------------------------------------------------------
+# Checkpoints that survive real use
+
+
+def test_checkpoint_loads_with_weights_only_and_keys_the_optimizer_by_name(tmp_path: Path) -> None:
+    Trainer(_model(), _cfg(tmp_path, save_every=4, max_steps=4), Counting()).fit()
+    state = torch.load(tmp_path / "checkpoints" / "step-4" / "trainer_state.pt", map_location="cpu", weights_only=True)
+    assert state["step"] == 4 and state["world_size"] == 1 and len(state["rng"]) == 1  # one RNG state per rank
+    # by parameter name, the same format for one process, DDP and FSDP: a run resumes under any of them
+    assert "body.blocks.0.attn.qkv.weight" in state["optimizer"]["state"]
+
+
+def _run_script(code: str, *args: str) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": f"{REPO / 'src'}{os.pathsep}{REPO / 'tests'}", "OMP_NUM_THREADS": "1"}
+    env.pop("WORLD_SIZE", None)
+    return subprocess.Popen([sys.executable, "-c", code, *args], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+KILLED_WHILE_SAVING = """
+import os, signal, sys
+from pathlib import Path
+import torch
+from test_trainer import Counting, _cfg, _model
+from pretune.train.trainer import Trainer
+
+real_save = torch.save
+def dying_save(obj, f, *args, **kwargs):
+    if isinstance(obj, dict) and obj.get("step") == 4:  # the second checkpoint: half of it, then SIGKILL
+        with open(f, "wb") as fh:
+            fh.write(b"half a checkpoint")
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real_save(obj, f, *args, **kwargs)
+torch.save = dying_save
+Trainer(_model(), _cfg(Path(sys.argv[1]), save_every=2, max_steps=8), Counting()).fit()
+"""
+
+
+def test_a_checkpoint_killed_mid_save_is_never_resumed_from(tmp_path: Path) -> None:
+    full = tmp_path / "full"
+    Trainer(_model(), _cfg(full, save_every=2, max_steps=8), Counting()).fit()
+    part = tmp_path / "part"
+    proc = _run_script(KILLED_WHILE_SAVING, str(part))
+    assert proc.wait(timeout=300) == -signal.SIGKILL, proc.stderr.read().decode()[-2000:]
+    assert [p.name for p in checkpoint_dirs(part)] == ["step-2"]
+    leftovers = list((part / "checkpoints").glob(".step-4*"))
+    assert leftovers and (leftovers[0] / "trainer_state.pt").read_bytes() == b"half a checkpoint"
+    Trainer(_model(), _cfg(part, save_every=2, max_steps=8, resume=True), Counting(seed=5)).fit()
+    assert _losses(part) == _losses(full)  # resumed from step 2, exactly
+    assert not list((part / "checkpoints").glob(".step-*"))  # the temporary of the killed save is gone
+
+
+TIME_BUDGET_RUN = """
+import sys, time
+from pathlib import Path
+from test_trainer import Counting, StepClock, _cfg, _model
+from pretune.train.trainer import Trainer
+
+def slow(model, batch):
+    time.sleep(0.15)  # time for the test to kill this process between checkpoints
+    return model(**batch)
+
+cfg = _cfg(Path(sys.argv[1]), max_steps=1000, time_budget_s=12, save_every=3, warmup_steps=2, **{"resume": sys.argv[2] == "1"})
+Trainer(_model(), cfg, Counting(), step_fn=slow, clock=StepClock()).fit()
+"""
+
+
+class StepClock:
+    """A clock that advances one second per reading: the trainer reads it once per step."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        self.now += 1.0
+        return self.now
+
+
+def _lrs(out: Path) -> list[tuple[int, float]]:
+    return [(r["step"], r["lr"]) for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())]
+
+
+def test_a_killed_time_budget_run_resumes_with_the_budget_left(tmp_path: Path) -> None:
+    """The seconds already trained are in the checkpoint: after SIGKILL and --resume the clock-driven
+    learning rates are those of the uninterrupted run, and it stops at the same step."""
+    full = tmp_path / "full"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the scripts run: bit-exactness holds for one thread count
+    try:
+        Trainer(_model(), _cfg(full, max_steps=1000, time_budget_s=12, save_every=3, warmup_steps=2), Counting(),
+                clock=StepClock()).fit()
+    finally:
+        torch.set_num_threads(threads)
+    part = tmp_path / "part"
+    proc = _run_script(TIME_BUDGET_RUN, str(part), "0")
+    deadline = time.time() + 120
+    while not (part / "checkpoints" / "step-6").is_dir():
+        assert proc.poll() is None and time.time() < deadline, proc.stderr.read().decode()[-2000:]
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (part / "checkpoints" / "step-13").exists()  # it died before the end
+    resumed = _run_script(TIME_BUDGET_RUN, str(part), "1")
+    assert resumed.wait(timeout=300) == 0, resumed.stderr.read().decode()[-2000:]
+    assert _lrs(part) == _lrs(full) and _lrs(full)[-1][0] == 13  # 12 seconds of budget: stops after step 13
+    assert _losses(part) == _losses(full)
+
+
+def test_resume_without_a_checkpoint_says_so(tmp_path: Path) -> None:
+    with pytest.raises(PretuneError, match=r"--resume: .* holds no complete checkpoint"):
+        Trainer(_model(), _cfg(tmp_path, resume=True), Counting()).fit()
+
+
+# --------------------------------------------------------------------------------------------
+# What may change on --resume
+
+
+def _saved_run(tmp_path: Path, settings) -> Path:
+    ckpt = tmp_path / "run" / "checkpoints" / "step-3"
+    ckpt.mkdir(parents=True)
+    write_json(ckpt / "settings.json", saved_settings(settings, 1))
+    return ckpt
+
+
+def test_resume_refuses_settings_that_change_the_results_and_names_each(tmp_path: Path) -> None:
+    base = PretrainSettings(model="bert-tiny", data=["a.txt"], out=str(tmp_path / "run"), batch_size=8,
+                            trainer=TrainSettings(seed=3))
+    ckpt = _saved_run(tmp_path, base)
+    changed = dataclasses.replace(base, batch_size=16, seq_len=64, masking=MaskingSettings(whole_word_mask=True, nsp=False),
+                                  trainer=TrainSettings(seed=4, lr=1e-3))
+    with pytest.raises(PretuneError) as err:
+        check_resume(ckpt, changed)
+    message = str(err.value)
+    for part in ("--batch-size 8 -> 16", "--seq-len 128 -> 64", "--whole-word-mask off -> on", "--no-nsp off -> on",
+                 "--seed 3 -> 4", "--lr 0.0001 -> 0.001"):
+        assert part in message, part
+    assert "\n" not in message and "--max-steps" in message.split("only ")[1]  # says what may change
+    allowed = dataclasses.replace(base, max_steps=5000, eval_batches=3, trainer=TrainSettings(
+        seed=3, log_every=1, eval_every=7, save_every=9, keep_last=5, time_budget_s=60, fsdp=True, progress=False, resume=True))
+    check_resume(ckpt, allowed)  # more steps, other intervals, FSDP: fine
+
+
+def test_resume_check_of_finetuning_and_of_another_command(tmp_path: Path) -> None:
+    base = FinetuneSettings(model="bert-tiny", task="nsmc", train="t.tsv", out=str(tmp_path / "run"))
+    ckpt = _saved_run(tmp_path, base)
+    check_resume(ckpt, dataclasses.replace(base, epochs=10.0, patience=2, eval_batch_size=4, test="x.tsv"))
+    with pytest.raises(PretuneError, match=r"--max-seq-len None -> 64.*--text-col None -> 'review'"):
+        check_resume(ckpt, dataclasses.replace(base, max_seq_len=64, columns=Columns(text_col="review")))
+    with pytest.raises(PretuneError, match="belongs to a FinetuneSettings run"):
+        check_resume(ckpt, PretrainSettings(out=str(tmp_path / "run")))
+
+
+def test_resume_help_lists_every_setting_that_may_change() -> None:
+    help_text = TrainSettings.__dataclass_fields__["resume"].metadata["help"]
+    for cls in (PretrainSettings, FinetuneSettings):
+        for flag in may_change(cls):
+            if flag not in ("--resume", "--overwrite"):
+                assert flag in help_text, flag
+
+
+# --------------------------------------------------------------------------------------------
+# A model directory is one version
+
+
+CRASH_BETWEEN_RENAMES = """
+import os, signal, sys
+from pathlib import Path
+import torch
+from test_trainer import _model
+from pretune.checkpoint import save_model
+
+model = _model()
+with torch.no_grad():
+    model.body.embeddings.tok.weight.add_(1.0)  # version 2
+real_replace = os.replace
+def dying_replace(src, dst, *args, **kwargs):
+    real_replace(src, dst, *args, **kwargs)
+    if ".pending-model" in str(src) and Path(dst).name == "model.safetensors":
+        os.kill(os.getpid(), signal.SIGKILL)  # the new weights are in place, the old config still is
+os.replace = dying_replace
+save_model(Path(sys.argv[1]), model)
+"""
+
+
+def test_a_save_killed_between_renames_never_pairs_two_versions(tmp_path: Path) -> None:
+    from pretune.checkpoint import load_model, save_model
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text("")  # a run directory: the model is saved into it, file by file
+    v1 = _model()
+    save_model(run, v1)
+    first = json.loads((run / "config.json").read_text())["saved"]["version"]
+    proc = _run_script(CRASH_BETWEEN_RENAMES, str(run))
+    assert proc.wait(timeout=300) == -signal.SIGKILL, proc.stderr.read().decode()[-2000:]
+    assert (run / ".pending-model" / "config.json").is_file()  # killed half-way: new weights, old config
+    assert json.loads((run / "config.json").read_text())["saved"]["version"] == first
+    loaded = load_model(run)  # finishes the interrupted save first
+    assert not (run / ".pending-model").exists()
+    assert json.loads((run / "config.json").read_text())["saved"]["version"] != first
+    expected = v1.body.embeddings.tok.weight + 1.0
+    assert torch.equal(loaded.model.body.embeddings.tok.weight, expected)
+    # weights copied in from another save are refused, not silently paired with this config
+    other = tmp_path / "other"
+    save_model(other, v1)
+    shutil.copyfile(other / "model.safetensors", run / "model.safetensors")
+    with pytest.raises(PretuneError, match="model.safetensors come.* from another save than config.json"):
+        load_model(run)

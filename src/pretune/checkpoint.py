@@ -7,26 +7,35 @@ file, a pretune model directory, or a Hugging Face checkpoint directory (convert
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from pretune import hf
 from pretune.config import PRESETS, ModelConfig, preset, read_json
 from pretune.errors import PretuneError
-from pretune.io import atomic_dir, atomic_path, write_json
+from pretune.io import atomic_dir, fsync_path, write_json
 from pretune.models import build_model
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json")
+# every file a model directory's version consists of (the tokenizer's as Tokenizer.save writes them)
+MODEL_FILES = frozenset({CONFIG_FILE, WEIGHTS_FILE, *TOKENIZER_FILES, "merges.txt", "special_tokens_map.json",
+                         "tokenizer_config.json"})
+PENDING_DIR = ".pending-model"
+MANIFEST = "files.json"  # in PENDING_DIR: the files of the version it holds
+SAVED_KEY = "saved"  # config.json: {"version": id repeated in the weights' metadata, "tokenizer_sha256": ...}
 
 
 @dataclass
@@ -54,33 +63,107 @@ def state_dict_for_saving(model: nn.Module, exclude: Iterable[str] = ()) -> dict
 
 
 def write_model_files(
-    directory: Path, model: nn.Module, tokenizer: Any | None = None, task: Any | None = None, exclude: Iterable[str] = ()
+    directory: Path, model: nn.Module, tokenizer: Any | None = None, task: Any | None = None, exclude: Iterable[str] = (),
+    state: dict[str, Tensor] | None = None,
 ) -> None:
-    """Write config, weights and tokenizer into ``directory``, each file atomically."""
+    """Write config, weights and tokenizer into the new directory ``directory``.
+
+    ``state`` (default: the model's own tensors) is what a sharded model gathered for saving. The
+    config records a version id that the weights' metadata repeats and the tokenizer's digest, so
+    that files of two different saves are never taken for one model (:func:`check_versions`).
+    """
     data = model.cfg.to_dict()
     if task is not None:
         data["task"] = task.to_dict()
-    with atomic_path(directory / WEIGHTS_FILE) as tmp:
-        save_file(state_dict_for_saving(model, exclude), str(tmp), metadata={"format": "pt", "pretune": "1"})
-    write_json(directory / CONFIG_FILE, data)
+    skip = set(exclude)
+    weights = {k: v for k, v in (state_dict_for_saving(model) if state is None else state).items() if k not in skip}
+    version = uuid.uuid4().hex
     if tokenizer is not None:
         tokenizer.save(directory)
+    data[SAVED_KEY] = {"version": version, "tokenizer_sha256": _tokenizer_digest(directory)}
+    save_file(weights, str(directory / WEIGHTS_FILE), metadata={"format": "pt", "pretune": "1", "version": version})
+    write_json(directory / CONFIG_FILE, data)
 
 
 def save_model(
     out_dir: str | Path, model: nn.Module, tokenizer: Any | None = None, task: Any | None = None,
-    exclude: Iterable[str] = (), *, replace: bool = False,
+    exclude: Iterable[str] = (), *, replace: bool = False, state: dict[str, Tensor] | None = None,
 ) -> Path:
-    """Save a complete model directory. A new directory (or, with ``replace``, a whole new version
-    of an existing one) appears only once it is complete; into an existing run directory every
-    file is replaced atomically."""
+    """Save a complete model directory, never a mix of two versions.
+
+    A new directory (or, with ``replace``, a whole new version of an existing one) is built under a
+    temporary name and renamed into place. Into an existing run directory (which also holds
+    checkpoints and logs), the new version is first built and flushed whole as ``.pending-model/``
+    with the list of its files (one rename: the commit point), then its files are moved over the old
+    ones; a crash in between leaves the pending version, which the next load or save finishes
+    moving (:func:`finish_pending`).
+    """
     out_dir = Path(out_dir)
     if out_dir.is_dir() and not replace:
-        write_model_files(out_dir, model, tokenizer, task, exclude)
+        finish_pending(out_dir)
+        with atomic_dir(out_dir / PENDING_DIR) as tmp:
+            write_model_files(tmp, model, tokenizer, task, exclude, state)
+            (tmp / MANIFEST).write_text(json.dumps(sorted(p.name for p in tmp.iterdir())), encoding="utf-8")
+        finish_pending(out_dir)
     else:
         with atomic_dir(out_dir) as tmp:
-            write_model_files(tmp, model, tokenizer, task, exclude)
+            write_model_files(tmp, model, tokenizer, task, exclude, state)
     return out_dir
+
+
+def finish_pending(directory: str | Path) -> None:
+    """Move the files of a complete pending version into ``directory`` (after a crash: again).
+
+    The model files of the old version that the new one lacks (another tokenizer's vocabulary)
+    are removed, so the directory holds exactly one version.
+    """
+    directory = Path(directory)
+    pending = directory / PENDING_DIR
+    if not pending.is_dir():
+        return
+    try:
+        names = set(json.loads((pending / MANIFEST).read_text(encoding="utf-8")))
+        for name in MODEL_FILES - names:
+            (directory / name).unlink(missing_ok=True)
+        for name in sorted(names, key=lambda n: n == CONFIG_FILE):  # the config last
+            if (pending / name).exists():  # not yet moved by the interrupted attempt
+                os.replace(pending / name, directory / name)
+        fsync_path(directory)
+        (pending / MANIFEST).unlink()
+        pending.rmdir()
+        fsync_path(directory)
+    except OSError as exc:
+        raise PretuneError(
+            f"{directory}: an interrupted save left {PENDING_DIR}/ and it cannot be finished ({exc.strerror or exc}); "
+            f"move its files into {directory} by hand"
+        ) from None
+
+
+def _tokenizer_digest(directory: Path) -> str | None:
+    path = directory / "tokenizer.json"
+    return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
+
+
+def check_versions(directory: Path, raw: dict[str, Any]) -> None:
+    """Refuse a model directory whose weights or tokenizer come from another save than its config."""
+    saved = raw.get(SAVED_KEY)
+    if not isinstance(saved, dict):
+        return  # saved before versions were recorded, or written by hand
+    try:
+        with safe_open(str(directory / WEIGHTS_FILE), "pt") as f:
+            weights_version = (f.metadata() or {}).get("version")
+    except (SafetensorError, OSError):
+        return  # read_weights reports the unreadable file
+    stale = []
+    if weights_version is not None and weights_version != saved.get("version"):  # None: weights saved elsewhere
+        stale.append(WEIGHTS_FILE)
+    if saved.get("tokenizer_sha256") and _tokenizer_digest(directory) != saved["tokenizer_sha256"]:
+        stale.append("the tokenizer files")
+    if stale:
+        raise PretuneError(
+            f"{directory}: {' and '.join(stale)} come(s) from another save than {CONFIG_FILE} (a save was interrupted "
+            f"or files were copied in); save the model again, or restore the directory"
+        )
 
 
 def export_hf(model: nn.Module, out_dir: str | Path, tokenizer: Any | None = None, exclude: Iterable[str] = ()) -> Path:
@@ -230,9 +313,15 @@ def _read_config(source: ModelSource, overrides: dict[str, Any]) -> tuple[ModelC
     if source.kind == "config":
         cfg = ModelConfig.load(source.path)
         return (cfg.replace(**overrides) if overrides else cfg), {}
+    if source.kind == "pretune":
+        finish_pending(source.path)
     raw = read_json(source.path / CONFIG_FILE)
     where = str(source.path / CONFIG_FILE)
-    cfg = hf.config_from_hf(raw, source=where) if source.kind == "huggingface" else ModelConfig.from_dict(raw, source=where)
+    if source.kind == "huggingface":
+        cfg = hf.config_from_hf(raw, source=where)
+    else:
+        check_versions(source.path, raw)
+        cfg = ModelConfig.from_dict(raw, source=where)
     return (cfg.replace(**overrides) if overrides else cfg), raw
 
 
@@ -264,7 +353,8 @@ def load_model(spec: str | Path, *, overrides: dict[str, Any] | None = None, tok
 
 
 __all__ = [
-    "CONFIG_FILE", "WEIGHTS_FILE", "LoadedModel", "ModelSource", "check_vocab", "export_hf", "load_model",
+    "CONFIG_FILE", "WEIGHTS_FILE", "LoadedModel", "ModelSource", "check_versions", "check_vocab", "export_hf",
+    "finish_pending", "load_model",
     "load_state", "load_tokenizer", "model_source", "read_weights", "save_model", "source_family",
     "state_dict_for_saving", "write_model_files",
 ]

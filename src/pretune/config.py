@@ -98,7 +98,7 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "config") -> ModelConfig:
-        data = {k: v for k, v in data.items() if k not in ("format", "format_version", "task")}
+        data = {k: v for k, v in data.items() if k not in ("format", "format_version", "task", "saved")}  # saved: checkpoint.py
         names = {f.name for f in fields(cls)}
         unknown = set(data) - names
         if unknown:

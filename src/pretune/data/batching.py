@@ -7,7 +7,6 @@ resumable stream of batches the trainer consumes, split across processes.
 
 from __future__ import annotations
 
-import math
 import random
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -81,13 +80,22 @@ def _pad(rows: Sequence[Sequence[int]], width: int, value: int) -> list[list[int
     return [list(r) + [value] * (width - len(r)) for r in rows]
 
 
+def rank_share(ids: Sequence[int], rank: int, world_size: int) -> Sequence[int]:
+    """Rank ``rank``'s contiguous slice of a global batch; slice sizes differ by at most one."""
+    q, r = divmod(len(ids), world_size)
+    start = rank * q + min(rank, r)
+    return ids[start : start + q + int(rank < r)]
+
+
 class FinetuneBatches:
     """Shuffled, seeded, resumable batches over a list of features, epoch after epoch.
 
     Each epoch's order depends only on ``(seed, epoch)``, so :meth:`state_dict` (epoch and
     batch position) resumes exactly. ``batch_size`` is the global batch; with ``world_size`` > 1
-    rank ``r`` takes the r-th contiguous slice of each global batch (a last partial global batch
-    is then dropped so that every rank steps together). ``group_by_length`` sorts chunks of 50
+    rank ``r`` takes the r-th contiguous slice of each global batch. A last partial global batch is
+    cut into slices whose sizes differ by at most one (the trainer weighs each rank's loss by its
+    share, so the step is the one-process step); with fewer examples than processes it is dropped
+    (one process would keep it: the only case where the runs differ). ``group_by_length`` sorts chunks of 50
     batches by length before cutting them into batches (less padding), then shuffles the batches.
     ``epochs=None`` repeats forever; ``shuffle=False`` keeps the order (evaluation).
     """
@@ -121,14 +129,18 @@ class FinetuneBatches:
         self.rank = rank
         self.world_size = world_size
         self.group_by_length = group_by_length
-        self.drop_last = drop_last or world_size > 1
+        self.drop_last = drop_last
         self.epoch = 0
         self.position = 0  # batches of the current epoch already handed out
 
     def __len__(self) -> int:
         """Batches per epoch."""
-        n = len(self.features)
-        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
+        full, tail = divmod(len(self.features), self.batch_size)
+        return full + int(self._keeps(tail))
+
+    def _keeps(self, tail: int) -> bool:
+        """Whether a last partial batch of ``tail`` examples is used (every rank needs one)."""
+        return 0 < tail and not self.drop_last and tail >= self.world_size
 
     def epoch_order(self, epoch: int) -> list[list[int]]:
         """The global batches (lists of feature indices) of ``epoch``."""
@@ -145,21 +157,19 @@ class FinetuneBatches:
                 for i in sorted(order[k : k + chunk], key=lambda j: -feature_length(self.features[j]))
             ]
         batches = [order[k : k + self.batch_size] for k in range(0, n, self.batch_size)]
-        if self.drop_last and batches and len(batches[-1]) < self.batch_size:
+        if batches and len(batches[-1]) < self.batch_size and not self._keeps(len(batches[-1])):
             batches.pop()
         if self.group_by_length and self.shuffle:
             rng.shuffle(batches)
         return batches
 
     def __iter__(self) -> Iterator[dict[str, Tensor]]:
-        per_rank = self.batch_size // self.world_size
         while self.epochs is None or self.epoch < self.epochs:
             batches = self.epoch_order(self.epoch)
             while self.position < len(batches):
                 ids = batches[self.position]
                 self.position += 1
-                local = ids[self.rank * per_rank : (self.rank + 1) * per_rank] if self.world_size > 1 else ids
-                yield self.collate([self.features[i] for i in local])
+                yield self.collate([self.features[i] for i in rank_share(ids, self.rank, self.world_size)])
             self.epoch += 1
             self.position = 0
 
@@ -174,4 +184,4 @@ class FinetuneBatches:
         self.epoch, self.position = int(state["epoch"]), int(state["position"])
 
 
-__all__ = ["Collator", "FinetuneBatches", "feature_length"]
+__all__ = ["Collator", "FinetuneBatches", "feature_length", "rank_share"]

@@ -52,10 +52,12 @@ class MLMHead(nn.Module):
         return F.linear(self.transform(hidden), embedding, self.bias)
 
     def loss(
-        self, hidden: Tensor, embedding: Tensor, targets: Tensor, return_logits: bool
+        self, hidden: Tensor, embedding: Tensor, targets: Tensor, return_logits: bool, denominator: Tensor | None = None
     ) -> tuple[Tensor, Tensor | None, dict[str, Tensor]]:
         """Mean cross-entropy at the predicted rows ``hidden`` (n, h) for ``targets`` (n,; -100 =
-        nothing to predict), the logits (only with ``return_logits``) and summed counts.
+        nothing to predict), the logits (only with ``return_logits``) and summed counts. The summed
+        loss is divided by ``denominator`` when given (the trainer's count of masked tokens in the
+        whole global batch), else by this batch's count.
 
         Without logits the loss comes from :func:`linear_cross_entropy`: the same value without
         the ``(n, vocab)`` logits."""
@@ -70,7 +72,7 @@ class MLMHead(nn.Module):
                 self.transform(hidden), embedding, targets, self.bias, with_correct=True
             )
         metrics = {"mlm_loss_sum": total.detach(), "mlm_tokens": count, "mlm_correct": correct}
-        return total / count.clamp(min=1), logits, metrics
+        return total / (count.clamp(min=1) if denominator is None else denominator), logits, metrics
 
 
 @dataclass
@@ -113,6 +115,7 @@ class BERT(Backbone):
         mlm_positions: Tensor | None = None,
         output_hidden_states: bool = False,
         return_logits: bool | None = None,
+        loss_denominator: Tensor | None = None,
     ) -> BertOutput:
         """Run the body and, for the targets given, the heads.
 
@@ -130,6 +133,10 @@ class BERT(Backbone):
         only at ``[CLS]`` and the predicted positions (see ``Transformer.forward``'s
         ``last_rows``): the same loss for less work, and ``hidden`` then holds those rows only,
         ``(b, 1 + p, h)``, ``[CLS]`` first.
+
+        ``loss_denominator`` (from the trainer) is what the summed masked-LM loss is divided by: the
+        number of masked tokens in the global batch, so that every process and micro-batch
+        contributes to one mean (default: this batch's count).
         """
         if return_logits is None:
             return_logits = mlm_labels is None or not torch.is_grad_enabled()
@@ -140,7 +147,9 @@ class BERT(Backbone):
         out = BertOutput(hidden=hidden, pooled=pooled, hidden_states=states)
         if mlm_labels is not None:
             picked, targets = _masked_rows(hidden, mlm_labels, mlm_positions, sparse)
-            out.mlm_loss, out.mlm_logits, metrics = self.mlm.loss(picked, self.decoder_weight, targets, return_logits)
+            out.mlm_loss, out.mlm_logits, metrics = self.mlm.loss(
+                picked, self.decoder_weight, targets, return_logits, loss_denominator
+            )
             out.metrics.update(metrics)
         if nsp_labels is not None:
             out.nsp_logits = self.nsp(pooled)

@@ -25,7 +25,7 @@ from typing import Any
 from torch import nn
 from tqdm.auto import tqdm
 
-from pretune.checkpoint import load_model, load_tokenizer, model_source, save_model, source_family
+from pretune.checkpoint import load_model, load_tokenizer, model_source, source_family
 from pretune.data.batching import FinetuneBatches
 from pretune.errors import PretuneError
 from pretune.inference import collator, load_finetuned, run_model
@@ -40,7 +40,15 @@ from pretune.tasks import (
     new_parameter_prefixes,
     read_examples,
 )
-from pretune.train.distributed import init_distributed
+from pretune.train.distributed import (
+    check_global_batch,
+    gather_to_main,
+    init_distributed,
+    on_main,
+    shard,
+    unshard,
+)
+from pretune.train.rundir import prepare_out, saved_settings
 from pretune.train.settings import FinetuneSettings
 from pretune.train.surgery import freeze_layers, resize_vocab, transfer_layers
 from pretune.train.trainer import TrainConfig, Trainer, param_groups, seed_everything
@@ -170,12 +178,12 @@ class FinetuneRun:
         self.started = time.perf_counter()
         self.settings = s
         self.dist = init_distributed(s.trainer.device)
+        check_global_batch(s.batch_size, self.dist)
+        on_main(lambda: prepare_out(s, inputs=(s.model, s.tokenizer, s.train, s.validation, s.test)), self.dist)
         seed_everything(s.trainer.seed)
         self.recipe = get_recipe(s.task, **s.columns.overrides())
         self.family = get_family(self.recipe.family)
         self.out = Path(s.out)
-        if self.out.exists() and not self.out.is_dir():
-            raise PretuneError(f"--out {self.out}: exists and is not a directory")
         if s.epochs <= 0:
             raise PretuneError(f"--epochs must be positive, got {s.epochs}")
         self._read_data()
@@ -224,15 +232,16 @@ class FinetuneRun:
         max_steps = max(1, math.ceil(s.epochs * self.steps_per_epoch))
         self.eval_batch_size = s.eval_batch_size or 2 * s.batch_size
         run = s.trainer
-        self.best: dict[str, Any] = _read_best(self.out) if run.resume else _fresh_best()
+        self.best: dict[str, Any] = on_main(lambda: _read_best(self.out), d) if run.resume else _fresh_best()
         # Discriminative learning rates: the body at --lr (layer-decayed), new layers at --head-lr.
         groups = param_groups(self.model, run.lr, run.weight_decay, head_lr=s.head_lr, head_prefixes=new_prefixes,
                               layer_decay=s.layer_decay)
         run = dataclasses.replace(run, warmup_steps=int(s.warmup_ratio * max_steps), eval_every=self.steps_per_epoch,
                                   save_every=self.steps_per_epoch)
-        tcfg = TrainConfig(out_dir=self.out, max_steps=max_steps, run=run, desc=f"finetune {self.recipe.name}")
+        tcfg = TrainConfig(out_dir=self.out, max_steps=max_steps, run=run, desc=f"finetune {self.recipe.name}",
+                           settings=saved_settings(s, d.world_size))
         self.trainer = Trainer(self.model, tcfg, self.batches, groups=groups, eval_fn=self.eval_fn,
-                               on_eval=self.on_eval, dist_info=d)
+                               on_eval=self.on_eval, dist_info=d, loss_items=self.family.loss_items)
 
     # --- evaluation during and after training ---------------------------------------------
 
@@ -243,17 +252,32 @@ class FinetuneRun:
         return self.family.score(self.spec, examples, self.family.decode(self.spec, examples, fs, logits))
 
     def eval_fn(self, model: nn.Module) -> dict[str, float | None]:
-        """Validation metrics, prefixed ``val_`` (the trainer logs them in metrics.jsonl)."""
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)  # undefined correlation early in training: None
-            metrics = self.evaluate_split(model, self.val_examples, self.val_features, "validate", self.trainer.precision)
-        return {f"val_{k}": v for k, v in metrics.items()}
+        """Validation metrics, prefixed ``val_`` (the trainer logs them in metrics.jsonl).
+
+        Under torchrun every rank runs the model on its share of the validation features; rank 0
+        gathers the outputs, decodes and scores them, and sends the metrics to every rank."""
+        d, features = self.dist, self.val_features.features
+        mine, real = shard(features, d)
+        logits = run_model(model, mine, self.collate, self.eval_batch_size, precision=self.trainer.precision,
+                           desc="validate", progress=self.settings.trainer.progress and d.main)[:real]
+        parts = gather_to_main(logits, d)
+
+        def score() -> dict[str, float | None]:
+            fs = self.val_features
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)  # undefined correlation early in training: None
+                preds = self.family.decode(self.spec, self.val_examples, fs, unshard(parts, len(features)))
+                metrics = self.family.score(self.spec, self.val_examples, preds)
+            return {f"val_{k}": v for k, v in metrics.items()}
+
+        return on_main(score, d)
 
     def on_eval(self, step: int, metrics: dict[str, float | None]) -> bool:
-        """Save the checkpoint when the main metric improves; True (stop) after --patience misses.
+        """Save the model when the main metric improves; True (stop) after --patience misses.
 
-        An evaluation is counted once: ``best.json`` records the step of the last one counted, so a
-        run that stopped after evaluating but before its checkpoint was written, resumed with
+        Every rank runs it with the same metrics (a sharded model is gathered by all of them). An
+        evaluation is counted once: ``best.json`` records the step of the last one counted, so a run
+        that stopped after evaluating but before its checkpoint was written, resumed with
         ``--resume``, repeats that evaluation without counting it again against ``--patience``.
         """
         best, patience = self.best, self.settings.patience
@@ -263,14 +287,15 @@ class FinetuneRun:
         improved = (step == best["step"] and value is not None) if repeat else improves(value, best["value"])
         if improved:  # a repeated best is saved again: the weights on disk are this run's
             best.update(value=value, step=step, bad=best["bad"] if repeat else 0, epoch=round(epoch, 3), metrics=metrics)
-            save_model(self.out, self.model, self.tokenizer, task=self.spec)
+            self.trainer.save_model(self.out, self.tokenizer, task=self.spec)
         elif not repeat:
             best["bad"] += 1
         best["counted"] = max(step, best["counted"])
-        write_json(self.out / BEST_STATE, best)
-        shown = "  ".join(f"{k[4:]} {_fmt(v)}" for k, v in metrics.items())
-        note = "  (evaluated before the resume; counted once)" if repeat else ""
-        tqdm.write(f"epoch {epoch:.2f} (step {step}): {shown}" + ("  [best, saved]" if improved else "") + note)
+        if self.dist.main:
+            write_json(self.out / BEST_STATE, best)
+            shown = "  ".join(f"{k[4:]} {_fmt(v)}" for k, v in metrics.items())
+            note = "  (evaluated before the resume; counted once)" if repeat else ""
+            tqdm.write(f"epoch {epoch:.2f} (step {step}): {shown}" + ("  [best, saved]" if improved else "") + note)
         return bool(patience) and best["bad"] >= patience
 
     # --- the run ---------------------------------------------------------------------------

@@ -20,14 +20,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from pretune.checkpoint import load_model, load_tokenizer, model_source, save_model
+from pretune.checkpoint import load_model, load_tokenizer, model_source
 from pretune.data.pretraining import BertInstanceConfig, BertPretrainingStream, GPTPretrainingStream
 from pretune.data.shards import PreparedCorpus, prepare_corpus
 from pretune.errors import PretuneError
 from pretune.io import write_json
 from pretune.report import plot_training
 from pretune.tokenizer import Tokenizer
-from pretune.train.distributed import init_distributed
+from pretune.train.distributed import Dist, all_sum, check_global_batch, init_distributed, on_main, shard
+from pretune.train.rundir import prepare_out, saved_settings
 from pretune.train.settings import PretrainSettings
 from pretune.train.trainer import TrainConfig, Trainer, seed_everything
 
@@ -66,41 +67,48 @@ def build(s: PretrainSettings) -> tuple[nn.Module, Tokenizer]:
     return model, tokenizer
 
 
-def _bert_eval(batches: list[dict[str, Any]], device: torch.device):
+def _held_out_sums(model: nn.Module, batches: list[dict[str, Any]], device: torch.device, d: Dist,
+                   names: list[str]) -> dict[str, float]:
+    """The metric sums ``names`` over the held-out batches, each rank evaluating its share."""
+    mine, real = shard(batches, d)
+    sums = torch.zeros(len(names), dtype=torch.float64, device=device)
+    for i, batch in enumerate(mine):
+        out = model(**{k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}, return_logits=False)
+        if i < real:  # the padding of a short share only keeps a sharded model's ranks in step
+            sums += torch.stack([out.metrics[k].double() for k in names])
+    return dict(zip(names, all_sum(sums, d).tolist()))
+
+
+def _bert_eval(batches: list[dict[str, Any]], device: torch.device, d: Dist, nsp: bool):
+    names = ["mlm_loss_sum", "mlm_tokens", "mlm_correct", *(["nsp_correct", "nsp_count"] if nsp else [])]
+
     def evaluate(model: nn.Module) -> dict[str, float]:
-        sums: dict[str, torch.Tensor] = {}
-        for batch in batches:
-            out = model(**{k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}, return_logits=False)
-            for k, v in out.metrics.items():
-                sums[k] = sums.get(k, 0) + v.float()
-        result = {
-            "val_mlm_loss": (sums["mlm_loss_sum"] / sums["mlm_tokens"]).item(),
-            "val_mlm_accuracy": (sums["mlm_correct"] / sums["mlm_tokens"]).item(),
-        }
-        if "nsp_count" in sums:
-            result["val_nsp_accuracy"] = (sums["nsp_correct"] / sums["nsp_count"]).item()
+        s = _held_out_sums(model, batches, device, d, names)
+        tokens = max(s["mlm_tokens"], 1.0)
+        result = {"val_mlm_loss": s["mlm_loss_sum"] / tokens, "val_mlm_accuracy": s["mlm_correct"] / tokens}
+        if nsp:
+            result["val_nsp_accuracy"] = s["nsp_correct"] / max(s["nsp_count"], 1.0)
         return result
 
     return evaluate
 
 
-def _gpt_eval(batches: list[dict[str, Any]], device: torch.device):
+def _gpt_eval(batches: list[dict[str, Any]], device: torch.device, d: Dist, nsp: bool = False):
     def evaluate(model: nn.Module) -> dict[str, float]:
-        total = count = 0.0
-        for batch in batches:
-            out = model(**{k: v.to(device) for k, v in batch.items()}, return_logits=False)
-            total += out.metrics["lm_loss_sum"].float().item()
-            count += out.metrics["lm_tokens"].item()
-        loss = total / max(count, 1)
+        s = _held_out_sums(model, batches, device, d, ["lm_loss_sum", "lm_tokens"])
+        loss = s["lm_loss_sum"] / max(s["lm_tokens"], 1.0)
         return {"val_loss": loss, "val_perplexity": math.exp(min(loss, 50))}
 
     return evaluate
 
 
+def masked_tokens(batch: dict[str, Any]) -> torch.Tensor:
+    """Items of BERT's token-level loss in a batch: the masked tokens (the trainer's global count)."""
+    return (batch["mlm_labels"] != -100).sum()
+
+
 def _streams(s: PretrainSettings, family: str, corpus: PreparedCorpus, tokenizer: Tokenizer, d: Any) -> tuple[Any, list, Any]:
     """The training batch stream, the fixed held-out batches and their evaluation function."""
-    if s.batch_size % d.world_size:
-        raise PretuneError(f"--batch-size {s.batch_size} must be divisible by the number of processes ({d.world_size})")
     seed = s.trainer.seed
     if family == "bert":
         icfg = BertInstanceConfig(seq_len=s.seq_len, **dataclasses.asdict(s.masking))
@@ -116,32 +124,29 @@ def pretrain(s: PretrainSettings) -> dict[str, Any]:
     """Run pretraining; returns the summary also written to ``pretrain_results.json``."""
     run = s.trainer
     d = init_distributed(run.device)
+    out = Path(s.out)
+    check_global_batch(s.batch_size, d)
+    on_main(lambda: prepare_out(s, inputs=(s.model, s.tokenizer, *(s.data or []))), d)
     seed_everything(run.seed)
     model, tokenizer = build(s)
     family = model.cfg.family
-    out = Path(s.out)
-    if out.exists() and not out.is_dir():
-        raise PretuneError(f"--out {out}: exists and is not a directory")
     t0 = time.perf_counter()
-    corpus = prepare_corpus(
-        s.data, tokenizer, Path(s.cache_dir) if s.cache_dir else out / "data-cache", mode=family,
-        val_fraction=s.val_fraction, skip_bad_lines=s.skip_bad_lines, workers=s.workers, progress=run.progress and d.main,
-    )
+    corpus = _prepare(s, tokenizer, family, d)
     prep_s = time.perf_counter() - t0
     if family == "bert" and model_source(s.model).fresh:
         init_output_bias(model, corpus, s.output_bias)
     stream, held_out, make_eval = _streams(s, family, corpus, tokenizer, d)
     schedule = run.schedule or ("linear" if family == "bert" else "cosine")
     tcfg = TrainConfig(out_dir=out, max_steps=s.max_steps, run=dataclasses.replace(run, schedule=schedule),
-                       desc=f"pretrain {family}")
-    trainer = Trainer(model, tcfg, stream, dist_info=d)
-    trainer.eval_fn = make_eval(held_out, trainer.device)  # held-out batches, moved to the device per use
-    before = trainer.evaluate() if d.main and not (run.resume and trainer_has_checkpoint(out)) else None
+                       desc=f"pretrain {family}", settings=saved_settings(s, d.world_size))
+    trainer = Trainer(model, tcfg, stream, dist_info=d, loss_items=masked_tokens if family == "bert" else None)
+    trainer.eval_fn = make_eval(held_out, trainer.device, d, s.masking.nsp)  # every rank evaluates its share
+    before = None if run.resume else trainer.evaluate()
     t1 = time.perf_counter()
     history = trainer.fit()
+    trainer.save_model(out, tokenizer)
     if not d.main:
         return {}
-    save_model(out, trainer.unwrapped, tokenizer)
     plot_training(history, out / "loss.png", title=f"pretraining {family}")
     rates = [r["tokens_per_s"] for r in history if "tokens_per_s" in r]
     summary = {
@@ -150,10 +155,25 @@ def pretrain(s: PretrainSettings) -> dict[str, Any]:
         "tokens_per_s": round(sum(rates) / len(rates), 1) if rates else None,
         "train_tokens": corpus.num_tokens("train"), "eval_at_start": before,
         "eval_at_end": {k: v for r in history for k, v in r.items() if k.startswith("val_")},
-        "world_size": d.world_size, "device": str(trainer.device), "precision": trainer.precision,
+        "world_size": d.world_size, "fsdp": bool(run.fsdp and d.enabled), "device": str(trainer.device),
+        "precision": trainer.precision,
     }
     write_json(out / "pretrain_results.json", summary)
     return summary
+
+
+def _prepare(s: PretrainSettings, tokenizer: Tokenizer, family: str, d: Dist) -> PreparedCorpus:
+    """The token shards: rank 0 tokenizes (or finds the cache), then every rank opens them."""
+
+    def prepare() -> PreparedCorpus:
+        return prepare_corpus(
+            s.data, tokenizer, Path(s.cache_dir) if s.cache_dir else Path(s.out) / "data-cache", mode=family,
+            val_fraction=s.val_fraction, skip_bad_lines=s.skip_bad_lines, workers=s.workers,
+            progress=s.trainer.progress and d.main,
+        )
+
+    on_main(lambda: prepare() and None, d)
+    return prepare()
 
 
 def init_output_bias(model: nn.Module, corpus: PreparedCorpus, how: str) -> None:
@@ -175,9 +195,3 @@ def init_output_bias(model: nn.Module, corpus: PreparedCorpus, how: str) -> None
     logp = np.log(counts / counts.sum())
     with torch.no_grad():
         model.mlm.bias.copy_(torch.from_numpy(logp - logp.mean()).to(model.mlm.bias.dtype))
-
-
-def trainer_has_checkpoint(out: Path) -> bool:
-    from pretune.train.trainer import checkpoint_dirs
-
-    return bool(checkpoint_dirs(out))

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pretune.errors import PretuneError
 from pretune.settings import nested, setting
@@ -70,8 +70,18 @@ class TrainSettings(Runtime):
     fsdp: bool = setting(False, help="under torchrun: shard the model with FSDP2 instead of replicating it (DDP)")
     time_budget_s: float = setting(0.0, flag="--time-budget", metavar="SECONDS",
                                    help="stop after this many seconds of training; the learning rate decays to zero by then")
-    resume: bool = setting(False, help="continue the run in --out from its newest complete checkpoint")
-    overwrite: bool = setting(False, help="start afresh in an --out that holds another run (its checkpoints are deleted)")
+    resume: bool = setting(False, help=(
+        "continue the run in --out from its newest complete checkpoint, with the same settings except these, "
+        "which may change: --max-steps, --eval-batches, --workers, --cache-dir (pretrain); --epochs, --patience, "
+        "--eval-batch-size, --test (finetune); --log-every, --eval-every, --save-every, --keep-last, "
+        "--time-budget, --device, --compile, --fsdp, --no-progress (the number of processes may change too)"))
+    overwrite: bool = setting(False, help="start afresh in an --out that holds another run (its checkpoints and logs are deleted)")
+
+    # settings that do not change a run's results: they may differ on --resume (train/rundir.py)
+    resume_may_change: ClassVar[tuple[str, ...]] = (
+        "log_every", "eval_every", "save_every", "keep_last", "time_budget_s", "device", "compile", "fsdp", "progress",
+        "resume", "overwrite",
+    )
 
 
 @dataclass
@@ -110,6 +120,8 @@ class PretrainSettings:
     overrides: dict[str, Any] = model_overrides()
     masking: MaskingSettings = nested(MaskingSettings)
     trainer: TrainSettings = nested(TrainSettings)
+
+    resume_may_change: ClassVar[tuple[str, ...]] = ("max_steps", "eval_batches", "workers", "cache_dir")
 
 
 @dataclass
@@ -179,6 +191,8 @@ class FinetuneSettings(Inputs):
     overrides: dict[str, Any] = model_overrides()
     columns: Columns = nested(Columns)
     trainer: TrainSettings = nested(_finetune_trainer, exclude=("warmup_steps", "eval_every", "save_every", "time_budget_s"))
+
+    resume_may_change: ClassVar[tuple[str, ...]] = ("epochs", "patience", "eval_batch_size", "test")
 
 
 @dataclass

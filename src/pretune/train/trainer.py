@@ -4,9 +4,10 @@ The trainer knows nothing about BERT or GPT: it is given a model, an endless ite
 (dicts of tensors) and a ``step_fn`` that returns an object with a ``.loss``. It owns the
 optimizer (AdamW, decoupled weight decay except on biases, LayerNorm and position/segment
 embeddings), the warmup-then-decay schedule, gradient accumulation and clipping, autocast,
-optional ``torch.compile``, DistributedDataParallel under ``torchrun``, periodic evaluation,
-atomic checkpoints and exact resumption (model, optimizer, schedule, every RNG, the data position
-and the time already spent).
+optional ``torch.compile``, DistributedDataParallel or FSDP2 under ``torchrun`` with objectives
+that do not depend on the number of processes, periodic evaluation, atomic checkpoints and exact
+resumption (model, optimizer, schedule, every rank's RNG, the data position and the time already
+spent), loadable with ``torch.load(weights_only=True)``.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import math
 import random
 import shutil
 import time
+import warnings
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
@@ -25,20 +27,40 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 from tqdm.auto import tqdm
 
-from pretune.checkpoint import state_dict_for_saving
+from pretune.checkpoint import read_weights
+from pretune.checkpoint import save_model as save_model_dir
 from pretune.data.prefetch import Prefetcher
 from pretune.errors import PretuneError
-from pretune.io import atomic_dir
+from pretune.io import atomic_dir, write_json, write_text
 from pretune.precision import autocast, resolve_precision
-from pretune.train.distributed import Dist, init_distributed, resolve_device, unwrap
+from pretune.train.distributed import (
+    Dist,
+    all_sum,
+    full_model_state,
+    full_optimizer_state,
+    fully_shard_model,
+    gather_to_main,
+    init_distributed,
+    load_full_state,
+    on_main,
+    rank_seed,
+    resolve_device,
+    unwrap,
+)
+from pretune.train.rundir import (
+    CHECKPOINTS,
+    METRICS,
+    SETTINGS_FILE,
+    STATE_FILE,
+    WEIGHTS_FILE,
+    checkpoint_dirs,
+    remove_temporaries,
+)
 from pretune.train.settings import TrainSettings
-
-CHECKPOINTS = "checkpoints"
-METRICS = "metrics.jsonl"
 
 
 @dataclass
@@ -52,6 +74,7 @@ class TrainConfig:
     prefetch: int = 2  # batches prepared ahead on a background thread (0: in the loop)
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-6
+    settings: dict[str, Any] | None = None  # the command's settings, saved with each checkpoint for --resume
 
     @classmethod
     def make(cls, out_dir: str | Path, max_steps: int, *, desc: str = "train", prefetch: int = 2, **run: Any) -> TrainConfig:
@@ -164,15 +187,22 @@ def seed_everything(seed: int) -> None:
 
 
 def rng_state() -> dict[str, Any]:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """Every RNG's state as tensors and plain values (loadable with ``torch.load(weights_only=True)``)."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {
+        "python": random.getstate(), "numpy": [name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)],
+        "torch": torch.get_rng_state(),
+    }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -181,13 +211,26 @@ def set_rng_state(state: dict[str, Any]) -> None:
 # --- checkpoints -------------------------------------------------------------------------------
 
 
-def checkpoint_dirs(out_dir: Path) -> list[Path]:
-    """Complete checkpoints, oldest first (a checkpoint directory only appears once complete)."""
-    root = Path(out_dir) / CHECKPOINTS
-    if not root.is_dir():
-        return []
-    found = [p for p in root.glob("step-*") if p.is_dir() and (p / "trainer_state.pt").is_file()]
-    return sorted(found, key=lambda p: int(p.name.split("-")[1]))
+def read_trainer_state(path: Path) -> dict[str, Any]:
+    """A checkpoint's ``trainer_state.pt``, loaded with ``weights_only=True`` (tensors and plain values only)."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (OSError, RuntimeError, EOFError, ValueError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise PretuneError(f"{path}: cannot read the checkpoint ({first}); delete {path.parent} to resume from the one "
+                           "before, or start afresh with --overwrite") from None
+
+
+def _rebind(groups: list[dict[str, Any]], model: nn.Module) -> list[dict[str, Any]]:
+    """The parameter groups with the model's current parameters (FSDP replaces them by shards)."""
+    params = dict(model.named_parameters())
+    return [{**g, "params": [params[n] for n in g["names"]]} if "names" in g else g for g in groups]
+
+
+def batch_size_of(batch: dict[str, Any]) -> int:
+    """Examples in a batch: the first dimension of its ``input_ids``."""
+    ids = batch.get("input_ids")
+    return int(ids.shape[0]) if isinstance(ids, torch.Tensor) else 1
 
 
 class _Window:
@@ -201,7 +244,18 @@ class _Window:
 
 
 class Trainer:
-    """Runs ``max_steps`` optimizer steps of ``step_fn`` over ``train_batches``."""
+    """Runs ``max_steps`` optimizer steps of ``step_fn`` over ``train_batches``.
+
+    **Exact objectives across processes and micro-batches.** Before a step's forward passes the
+    trainer counts every micro-batch's examples and, given ``loss_items``, the items of a
+    token-level loss (masked tokens, labelled tags), and sums both over the step's micro-batches
+    and all ranks. Each micro-batch's loss is then scaled so that the step's gradient is that of
+    the global objective: the mean over the step's examples, with token-level sums divided by
+    their global count (handed to the model as ``loss_denominator``, the way Hugging Face's
+    ``num_items_in_batch`` is). The run is the same, to rounding, however the global batch is split
+    into processes and micro-batches. Each rank draws its own dropout from a seed derived from
+    ``seed`` and its rank; data order and masking do not depend on the rank.
+    """
 
     def __init__(
         self,
@@ -214,6 +268,8 @@ class Trainer:
         eval_fn: Callable[[nn.Module], dict[str, float]] | None = None,
         on_eval: Callable[[int, dict[str, float]], bool] | None = None,
         dist_info: Dist | None = None,
+        loss_items: Callable[[dict[str, Any]], Any] | None = None,
+        clock: Callable[[], float] = time.perf_counter,
     ) -> None:
         self.cfg = cfg
         run = cfg.run
@@ -224,9 +280,10 @@ class Trainer:
         pin = self.device.type == "cuda"
         self.batches = Prefetcher(train_batches, cfg.prefetch, pin_memory=pin) if cfg.prefetch else train_batches
         self.step_fn = step_fn or (lambda m, b: m(**b))
-        self.eval_fn = eval_fn
-        self.on_eval = on_eval
-        self.groups = groups if groups is not None else param_groups(model, run.lr, run.weight_decay)
+        self.eval_fn, self.on_eval, self.loss_items, self.clock = eval_fn, on_eval, loss_items, clock
+        groups = groups if groups is not None else param_groups(model, run.lr, run.weight_decay)
+        self.train_model = self._wrap(self.model)
+        self.groups = _rebind(groups, self.unwrapped)  # FSDP shards the parameters: the optimizer takes the shards
         self.optimizer = build_optimizer(self.groups, cfg, self.device)
         self.elapsed = 0.0  # seconds of training, the same on every rank; drives a time budget
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: lr_factor(s, cfg, self._time_fraction()))
@@ -234,21 +291,19 @@ class Trainer:
         self.step = 0
         self.history: list[dict[str, Any]] = []
         self._writer = None
-        self.train_model = self._wrap(model)
+        self._checked = False
+        seed_everything(rank_seed(run.seed, self.dist.rank))  # dropout: each rank its own random numbers
 
-    # The model that runs the step: compiled and/or wrapped for data parallelism.
+    # The model that runs the step: sharded (FSDP2) or replicated (DDP), and/or compiled.
     def _wrap(self, model: nn.Module) -> nn.Module:
         wrapped = model
-        if self.dist.enabled:
-            if self.cfg.run.fsdp:
-                from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+        if self.dist.enabled and self.cfg.run.fsdp:
+            wrapped = fully_shard_model(model, self.device, self.dist)
+        elif self.dist.enabled:
+            from torch.nn.parallel import DistributedDataParallel as DDP
 
-                wrapped = FSDP(model, device_id=self.device if self.device.type == "cuda" else None, use_orig_params=True)
-            else:
-                from torch.nn.parallel import DistributedDataParallel as DDP
-
-                ids = [self.device.index] if self.device.type == "cuda" else None
-                wrapped = DDP(model, device_ids=ids, find_unused_parameters=False)
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            wrapped = DDP(model, device_ids=ids, find_unused_parameters=False)
         if self.cfg.run.compile:
             wrapped = torch.compile(wrapped)
         return wrapped
@@ -259,7 +314,7 @@ class Trainer:
 
     def _shared_elapsed(self, since: float, before: float) -> float:
         """Training seconds so far (``before`` from earlier runs) as rank 0 measured them."""
-        now = before + time.perf_counter() - since
+        now = before + self.clock() - since
         if not self.dist.enabled:
             return now  # one process: no tensor, no device sync per step
         value = torch.tensor([now], dtype=torch.float64, device=self.device)
@@ -270,35 +325,38 @@ class Trainer:
     def unwrapped(self) -> nn.Module:
         return unwrap(self.train_model)
 
-    # --- checkpointing ---------------------------------------------------------------------
+    # --- saving and resuming (every rank calls these; rank 0 reads and writes) -------------------
 
-    def _full_state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-        if self.cfg.run.fsdp and self.dist.enabled:
-            from torch.distributed.fsdp import FullStateDictConfig, StateDictType
-            from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+    def model_state(self) -> dict[str, torch.Tensor]:
+        """The whole model's tensors on rank 0 (gathered from the shards under FSDP), ``{}`` elsewhere."""
+        return full_model_state(self.unwrapped, self.dist)
 
-            with FSDP.state_dict_type(
-                self.train_model, StateDictType.FULL_STATE_DICT, FullStateDictConfig(offload_to_cpu=True, rank0_only=True)
-            ):
-                return self.train_model.state_dict(), FSDP.optim_state_dict(self.train_model, self.optimizer)
-        return state_dict_for_saving(self.unwrapped), self.optimizer.state_dict()
+    def save_model(self, out: Path, tokenizer: Any = None, task: Any = None) -> None:
+        """Save the model directory ``out`` (weights, config and tokenizer as one version) from rank 0."""
+        state = self.model_state()
+        if self.dist.main:
+            save_model_dir(out, self.unwrapped, tokenizer, task, state=state)
 
     def save_checkpoint(self) -> Path | None:
-        """Write ``checkpoints/step-N`` atomically and keep the last ``keep_last``."""
+        """Write ``checkpoints/step-N`` atomically (rank 0) and keep the last ``keep_last``."""
         data_state = self.batches.state_dict() if hasattr(self.batches, "state_dict") else None
-        model_state, optim_state = self._full_state()
+        weights = self.model_state()
+        optim = full_optimizer_state(self.unwrapped, self.optimizer, self.dist)
+        rngs = gather_to_main(rng_state(), self.dist)
         if not self.dist.main:
             return None
         target = self.cfg.out_dir / CHECKPOINTS / f"step-{self.step}"
         state = {
-            "step": self.step, "optimizer": optim_state, "scheduler": self.scheduler.state_dict(), "rng": rng_state(),
-            "data": data_state, "history_len": len(self.history), "elapsed": self.elapsed,
-            "config": json.loads(json.dumps(asdict(self.cfg), default=str)),
+            "step": self.step, "optimizer": optim, "scheduler": self.scheduler.state_dict(), "rng": rngs,
+            "data": data_state, "elapsed": self.elapsed, "world_size": self.dist.world_size,
+            "config": json.loads(json.dumps({k: v for k, v in asdict(self.cfg).items() if k != "settings"}, default=str)),
         }
         try:
             with atomic_dir(target) as tmp:
-                save_file({k: v.detach().cpu().contiguous() for k, v in model_state.items()}, str(tmp / "model.safetensors"))
-                torch.save(state, tmp / "trainer_state.pt")
+                save_file(weights, str(tmp / WEIGHTS_FILE))
+                torch.save(state, tmp / STATE_FILE)
+                if self.cfg.settings is not None:
+                    write_json(tmp / SETTINGS_FILE, self.cfg.settings)
         except OSError as exc:
             previous = checkpoint_dirs(self.cfg.out_dir)
             keep = f"; the previous checkpoint {previous[-1]} is intact" if previous else ""
@@ -308,24 +366,32 @@ class Trainer:
         return target
 
     def load_checkpoint(self, path: Path) -> None:
-        """Restore everything from a checkpoint, loading tensors to the CPU first."""
-        state = torch.load(path / "trainer_state.pt", map_location="cpu", weights_only=False)
-        weights = load_file(str(path / "model.safetensors"), device="cpu")
-        self.unwrapped.load_state_dict(weights, strict=True)
-        if self.cfg.run.fsdp and self.dist.enabled:
-            from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+        """Restore everything from a checkpoint: rank 0 reads it, each rank gets its share and its RNG state."""
+        held: dict[str, Any] = {}
 
-            optim_state = FSDP.optim_state_dict_to_load(self.train_model, self.optimizer, state["optimizer"])
-            self.optimizer.load_state_dict(optim_state)
-        else:
-            self.optimizer.load_state_dict(state["optimizer"])
+        def read() -> dict[str, Any]:
+            state = read_trainer_state(path / STATE_FILE)
+            held["weights"], held["optimizer"] = read_weights(path / WEIGHTS_FILE), state.pop("optimizer")
+            return state
+
+        state = on_main(read, self.dist)
+        load_full_state(self.unwrapped, self.optimizer, held.get("weights", {}), held.get("optimizer", {}), self.dist)
         self.scheduler.load_state_dict(state["scheduler"])
-        set_rng_state(state["rng"])
+        self.step = int(state["step"])
+        self.elapsed = float(state["elapsed"])
+        self._restore_rng(state["rng"])
         if state["data"] is not None:
             self.batches.load_state_dict(state["data"])
-        self.step = int(state["step"])
-        self.elapsed = float(state.get("elapsed", 0.0))
         self._truncate_metrics(self.step)
+
+    def _restore_rng(self, states: list[dict[str, Any]]) -> None:
+        if len(states) == self.dist.world_size:
+            set_rng_state(states[self.dist.rank])
+            return
+        seed_everything(rank_seed(self.cfg.run.seed + self.step, self.dist.rank))
+        if self.dist.main:
+            warnings.warn(f"the checkpoint was written by {len(states)} process(es) and this run has {self.dist.world_size}: "
+                          "dropout draws new random numbers (data order and masking are unchanged)", stacklevel=2)
 
     def _truncate_metrics(self, step: int) -> None:
         """Drop log records written after ``step`` by the run that was interrupted."""
@@ -334,7 +400,7 @@ class Trainer:
             return
         kept = [line for line in path.read_text(encoding="utf-8").splitlines() if line and json.loads(line)["step"] <= step]
         self.history = [json.loads(line) for line in kept]
-        path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+        write_text(path, "".join(line + "\n" for line in kept))
 
     # --- logging ---------------------------------------------------------------------------
 
@@ -358,15 +424,15 @@ class Trainer:
             self._writer.flush()
 
     def _all_reduce_mean(self, value: torch.Tensor) -> torch.Tensor:
-        if self.dist.enabled:
-            value = value.clone()
-            dist.all_reduce(value)
-            value /= self.dist.world_size
-        return value
+        return all_sum(value, self.dist) / self.dist.world_size if self.dist.enabled else value
 
     # --- evaluation --------------------------------------------------------------------------
 
     def evaluate(self) -> dict[str, float]:
+        """``eval_fn`` on every rank, in eval mode without gradients. A distributed ``eval_fn``
+        evaluates this rank's share and returns the same metrics on every rank (see
+        :func:`pretune.train.distributed.shard`): no rank waits while another evaluates alone, and
+        a sharded (FSDP) model runs its forward passes on all ranks together."""
         if self.eval_fn is None:
             return {}
         model = self.unwrapped
@@ -394,7 +460,7 @@ class Trainer:
         bar = self._progress_bar()
         window = _Window(self.device)
         bad_step = torch.full((), -1, device=self.device, dtype=torch.long)
-        since, before = time.perf_counter(), self.elapsed
+        since, before = self.clock(), self.elapsed
         stop = False
         while self.step < self.cfg.max_steps and not stop:
             bad_step = self._train_step(iterator, window, bad_step)
@@ -409,16 +475,26 @@ class Trainer:
         return self.history
 
     def _start(self) -> None:
-        """Create the run directory and resume from its newest checkpoint (or start the log afresh)."""
+        """Open the run directory (rank 0) and resume from its newest checkpoint when asked."""
+        found = on_main(self._open_run_dir, self.dist)
+        if found is not None:
+            self.load_checkpoint(Path(found))
+
+    def _open_run_dir(self) -> str | None:
+        """Rank 0: create the run directory, remove what killed saves left, and name the checkpoint
+        to resume from (a fresh start removes an earlier run's checkpoints and log)."""
         out = self.cfg.out_dir
-        if self.dist.main:
-            out.mkdir(parents=True, exist_ok=True)
-        if self.cfg.run.resume:
-            found = checkpoint_dirs(out)
-            if found:
-                self.load_checkpoint(found[-1])
-        elif self.dist.main and (out / METRICS).exists():
-            (out / METRICS).unlink()
+        out.mkdir(parents=True, exist_ok=True)
+        remove_temporaries(out)
+        if not self.cfg.run.resume:
+            shutil.rmtree(out / CHECKPOINTS, ignore_errors=True)
+            (out / METRICS).unlink(missing_ok=True)
+            return None
+        found = checkpoint_dirs(out)
+        if not found:
+            raise PretuneError(f"--resume: {out} holds no complete checkpoint ({CHECKPOINTS}/step-N) to continue from; "
+                               "start without --resume")
+        return str(found[-1])
 
     def _progress_bar(self) -> tqdm:
         """Under a time budget the clock ends the run, so the bar counts seconds (its ETA is the
@@ -436,27 +512,76 @@ class Trainer:
     def _train_step(self, iterator: Iterator[dict[str, Any]], window: _Window, bad_step: torch.Tensor) -> torch.Tensor:
         """One optimizer step over ``grad_accum`` micro-batches; returns the first non-finite step seen."""
         run, model = self.cfg.run, self.train_model
-        for micro in range(run.grad_accum):
-            try:
-                batch = next(iterator)
-            except StopIteration:
-                raise PretuneError("the training data ran out before --max-steps; it must repeat (epochs)") from None
+        micro = [self._next_batch(iterator) for _ in range(run.grad_accum)]
+        for i, (batch, (scale, denominator)) in enumerate(zip(micro, self._loss_scales(micro))):
             ids = batch.get("input_ids")
             window.tokens += int(ids.numel()) if isinstance(ids, torch.Tensor) else 0
             batch = self._to_device(batch)
-            sync = micro == run.grad_accum - 1 or not self.dist.enabled
-            with (nullcontext() if sync or not hasattr(model, "no_sync") else model.no_sync()), autocast(self.device, self.precision):
+            if denominator is not None:
+                batch["loss_denominator"] = torch.tensor(denominator, dtype=torch.float32, device=self.device)
+            with self._grad_sync(i == len(micro) - 1), autocast(self.device, self.precision):
                 loss = self.step_fn(model, batch).loss
+            if scale != 1.0:
+                loss = loss * scale
             (loss / run.grad_accum).backward()
             window.loss += loss.detach().float()
             window.count += 1
             bad_step = torch.where((~torch.isfinite(loss.detach())) & (bad_step < 0), self.step + 1, bad_step)
+        if not self._checked:
+            self._check_gradients()
         if run.grad_clip:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), run.grad_clip)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), run.grad_clip)  # the global norm, also over FSDP shards
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         return bad_step
+
+    @staticmethod
+    def _next_batch(iterator: Iterator[dict[str, Any]]) -> dict[str, Any]:
+        try:
+            return next(iterator)
+        except StopIteration:
+            raise PretuneError("the training data ran out before --max-steps; it must repeat (epochs)") from None
+
+    def _loss_scales(self, micro: list[dict[str, Any]]) -> list[tuple[float, float | None]]:
+        """Each micro-batch's loss multiplier and token-loss denominator (see the class docstring).
+
+        With ``n`` examples and ``t`` loss items in a micro-batch, ``N`` and ``T`` their sums over
+        the step's ``A`` micro-batches and ``W`` ranks: accumulation divides each loss by ``A`` and
+        DDP averages over ``W``, so ``scale = A * W * n / N`` weighs each micro-batch's mean by its
+        share of the examples, and a token-level sum divided by ``T * n / N`` contributes
+        ``sum / T``. Equal micro-batches: scale 1 and denominator ``T / (A * W)``.
+        """
+        n = [batch_size_of(b) for b in micro]
+        items = [self.loss_items(b) for b in micro] if self.loss_items is not None else [None]
+        counted = all(t is not None for t in items)
+        local = torch.tensor([sum(n), float(sum(int(t) for t in items)) if counted else 0.0], dtype=torch.float64)
+        total, tokens = all_sum(local.to(self.device), self.dist).tolist()
+        parts = len(micro) * self.dist.world_size
+        return [(parts * k / total, max(tokens, 1.0) * k / total if counted else None) for k in n]
+
+    def _grad_sync(self, last: bool) -> Any:
+        """Gradients are synchronised across ranks on a step's last micro-batch only."""
+        if not self.dist.enabled:
+            return nullcontext()
+        if self.cfg.run.fsdp:
+            self.unwrapped.set_requires_gradient_sync(last)
+            return nullcontext()
+        return nullcontext() if last else self.train_model.no_sync()
+
+    def _check_gradients(self) -> None:
+        """After the first step under DDP/FSDP: a trainable parameter without a gradient cannot be
+        synchronised (and DDP would fail obscurely at the next step): name every such parameter."""
+        self._checked = True
+        if not self.dist.enabled:
+            return
+        missing = [n for n, p in self.unwrapped.named_parameters() if p.requires_grad and p.grad is None]
+        if missing:
+            shown = ", ".join(missing[:8]) + (f" and {len(missing) - 8} more" if len(missing) > 8 else "")
+            raise PretuneError(
+                f"{len(missing)} trainable parameter(s) got no gradient in the first step, so they cannot be synchronised "
+                f"across processes: {shown}; the model handed to the trainer must hold only parts its loss uses"
+            )
 
     def _to_device(self, batch: dict[str, Any]) -> dict[str, Any]:
         non_blocking = self.device.type == "cuda"
@@ -490,11 +615,17 @@ class Trainer:
         return stop, window
 
     def _check_finite(self, bad_step: torch.Tensor, bar: tqdm) -> None:
-        if int(bad_step) >= 0:
+        """Stop every rank at the first step whose loss was non-finite on any rank."""
+        never = torch.iinfo(torch.long).max
+        first = torch.where(bad_step < 0, never, bad_step)
+        if self.dist.enabled:
+            first = first.clone()
+            dist.all_reduce(first, op=dist.ReduceOp.MIN)
+        if int(first) != never:
             good = checkpoint_dirs(self.cfg.out_dir)
             keep = f"; the last good checkpoint is {good[-1]}" if good else ""
             bar.close()
-            raise PretuneError(f"the loss became non-finite at step {int(bad_step)}; lower --lr or check the data{keep}")
+            raise PretuneError(f"the loss became non-finite at step {int(first)}; lower --lr or check the data{keep}")
 
     def _log_record(self, window: _Window, bar: tqdm) -> dict[str, Any]:
         elapsed = time.perf_counter() - window.started
@@ -507,9 +638,10 @@ class Trainer:
         return record
 
     def _evaluate_and_decide(self, stop: bool) -> tuple[dict[str, float], bool]:
-        """Evaluate (rank 0), let ``on_eval`` decide to stop, and tell every rank."""
-        metrics = self.evaluate() if self.dist.main else {}
-        if self.on_eval is not None and self.dist.main:
+        """Evaluate (every rank its share), let ``on_eval`` decide to stop (on every rank, with the
+        same metrics), and keep rank 0's decision."""
+        metrics = self.evaluate()
+        if self.on_eval is not None:
             stop = bool(self.on_eval(self.step, metrics)) or stop
         if self.dist.enabled:
             flag = torch.tensor([int(stop)], device=self.device)

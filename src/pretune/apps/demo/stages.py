@@ -73,7 +73,7 @@ def finetune_stage(model: str, tokenizer_dir: Path | None, splits: dict[str, Any
 
     trainer = dataclasses.replace(
         FinetuneSettings().trainer, lr=lr, seed=s.seed, device=s.device, precision=demo_precision(s),
-        progress=s.progress, log_every=20,
+        progress=s.progress, log_every=20, overwrite=True,  # a rerun of the demo replaces the run
     )
     settings = FinetuneSettings(
         model=model, task="nsmc", train=str(splits["budgets"][labels]), validation=str(splits["validation"]),
