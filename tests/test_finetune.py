@@ -732,11 +732,12 @@ def test_keep_last_must_keep_a_checkpoint(work: Path, tmp_path: Path, monkeypatc
 SCRIPTED = {1: 0.6, 2: 0.5, 3: 0.55, 4: 0.9}
 
 
-@pytest.mark.parametrize("crash_epoch", [1, 2])
+@pytest.mark.parametrize("crash_epoch", [1, 2, 3])
 def test_patience_counts_each_evaluation_once_across_a_crash_and_resume(work: Path, tmp_path: Path, monkeypatch,
                                                                          crash_epoch: int) -> None:
     """A run killed after evaluating an epoch but before saving its checkpoint repeats that
-    evaluation on --resume; it must not count twice against --patience (nor a repeated best as a miss)."""
+    evaluation on --resume; it must not count twice against --patience (nor a repeated best as a miss).
+    Killed before its first checkpoint, there is nothing to resume: one clear error naming --overwrite."""
     from pretune.train.trainer import Trainer
 
     monkeypatch.setattr(FinetuneRun, "eval_fn",
@@ -758,8 +759,12 @@ def test_patience_counts_each_evaluation_once_across_a_crash_and_resume(work: Pa
     monkeypatch.setattr(Trainer, "save_checkpoint", killed_before_saving)
     with pytest.raises(RuntimeError, match="killed"):
         run("crashed")
-    resumed = run("crashed", resume=True)
     assert killed == [crash_epoch * spe]
+    if crash_epoch == 1:
+        with pytest.raises(PretuneError, match=r"holds no complete checkpoint .* start afresh with --overwrite"):
+            run("crashed", resume=True)
+        return
+    resumed = run("crashed", resume=True)
     assert (resumed["steps"], resumed["best_step"], resumed["best_epoch"]) == (3 * spe, spe, 1.0)
     best = json.loads((tmp_path / "crashed" / "best.json").read_text())
     assert best == json.loads((tmp_path / "straight" / "best.json").read_text())

@@ -80,7 +80,7 @@ def prepare_out(settings: Any, *, inputs: Iterable[str | Path | None] = ()) -> P
     if run.resume:
         if not found:
             raise PretuneError(f"--resume: {out} holds no complete checkpoint ({CHECKPOINTS}/step-N) to continue from; "
-                               "start without --resume")
+                               "start afresh with --overwrite instead")
         check_resume(found[-1], settings)
         return found[-1]
     if holds_run(out):

@@ -493,7 +493,7 @@ class Trainer:
         found = checkpoint_dirs(out)
         if not found:
             raise PretuneError(f"--resume: {out} holds no complete checkpoint ({CHECKPOINTS}/step-N) to continue from; "
-                               "start without --resume")
+                               "start afresh with --overwrite instead")
         return str(found[-1])
 
     def _progress_bar(self) -> tqdm:
