@@ -30,6 +30,7 @@ from pretune.tokenizer import Tokenizer
 from pretune.train.distributed import init_distributed
 from pretune.train.settings import PretrainSettings
 from pretune.train.trainer import TrainConfig, Trainer, seed_everything
+from pretune.validate import pretrain_settings
 
 
 def build(s: PretrainSettings) -> tuple[nn.Module, Tokenizer]:
@@ -114,6 +115,7 @@ def _streams(s: PretrainSettings, family: str, corpus: PreparedCorpus, tokenizer
 
 def pretrain(s: PretrainSettings) -> dict[str, Any]:
     """Run pretraining; returns the summary also written to ``pretrain_results.json``."""
+    pretrain_settings(s)  # before any work: ranges, files, --out, lengths, memory
     run = s.trainer
     d = init_distributed(run.device)
     seed_everything(run.seed)
