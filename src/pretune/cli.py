@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import os
 import sys
 import warnings
@@ -71,8 +72,14 @@ def plain_warnings(command: str) -> Iterator[None]:
                     print(f"pretune {command}: warning: {n:,} times in all: {shown}", file=sys.stderr)
 
 
+@functools.cache
+def default_parser() -> argparse.ArgumentParser:
+    """The parser of every command, built once per process (argparse parsers are reusable)."""
+    return build_parser()
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    parser = default_parser()
     try:
         args, extra = parser.parse_known_args(argv)
         if extra:  # reported by the verb's parser, which names the verb

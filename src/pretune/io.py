@@ -52,6 +52,17 @@ def fsync_path(path: str | Path) -> None:
         os.close(fd)
 
 
+def umask_modes(root: str | Path) -> None:
+    """Give ``root`` and everything under it the permissions the umask allows (``mkdtemp`` makes
+    0700, and some writers, safetensors' ``save_file`` among them, make 0600 files)."""
+    os.chmod(root, dir_mode())
+    for directory, dirs, files in os.walk(root):
+        for name in dirs:
+            os.chmod(Path(directory) / name, dir_mode())
+        for name in files:
+            os.chmod(Path(directory) / name, file_mode())
+
+
 def fsync_tree(root: str | Path) -> None:
     """fsync every file and directory under ``root`` (and ``root`` itself)."""
     for directory, _, files in os.walk(root):
@@ -164,7 +175,7 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
         raise _cannot_write(path.parent, exc, "") from None
     try:
         yield tmp
-        os.chmod(tmp, dir_mode())
+        umask_modes(tmp)
         fsync_tree(tmp)
         swap_dir(tmp, path)
     except BaseException:
@@ -255,5 +266,5 @@ def check_out_file(out: str | Path, *, inputs: tuple[str | Path, ...] = (), over
 __all__ = [
     "check_out", "check_out_file", "check_out_place", "made_dirs",
     "atomic_dir", "atomic_path", "dir_mode", "file_mode", "fsync_path", "fsync_tree", "swap_dir",
-    "write_json", "write_text",
+    "umask_modes", "write_json", "write_text",
 ]

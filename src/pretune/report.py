@@ -53,15 +53,8 @@ def _axis_of(key: str) -> int:
     return 2 if key.endswith("perplexity") else 0 if key.endswith("loss") else 1
 
 
-def plot_training(records: Sequence[dict[str, Any]], out_png: str | Path, title: str = "training",
-                  start: dict[str, Any] | None = None) -> Path | None:
-    """Losses, scores and perplexity on separate axes, every curve labelled with what it is.
-
-    ``records`` are the trainer's log (``loss`` per logged step, ``val_*`` at evaluations);
-    ``start`` is the evaluation before the first step (plotted at step 0) when there was one.
-    """
-    if not records:
-        return None
+def training_figure(records: Sequence[dict[str, Any]], title: str = "training", start: dict[str, Any] | None = None):
+    """The figure of :func:`plot_training`: losses, scores and perplexity on separate axes."""
     plt = _pyplot()
     evals = [{"step": 0, **start}, *records] if start else list(records)
     eval_keys = sorted({k for r in evals for k in r if k.startswith(("val_", "eval_")) and r[k] is not None})
@@ -82,9 +75,22 @@ def plot_training(records: Sequence[dict[str, Any]], out_png: str | Path, title:
         ax.legend()
         ax.grid(alpha=0.3)
     fig.tight_layout()
+    return fig
+
+
+def plot_training(records: Sequence[dict[str, Any]], out_png: str | Path, title: str = "training",
+                  start: dict[str, Any] | None = None) -> Path | None:
+    """Losses, scores and perplexity on separate axes, every curve labelled with what it is.
+
+    ``records`` are the trainer's log (``loss`` per logged step, ``val_*`` at evaluations);
+    ``start`` is the evaluation before the first step (plotted at step 0) when there was one.
+    """
+    if not records:
+        return None
+    fig = training_figure(records, title, start)
     with atomic_path(out_png) as tmp:
         fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
+    _pyplot().close(fig)
     return Path(out_png)
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import types
 import typing
@@ -22,6 +23,7 @@ from typing import Any, Literal
 from pretune.errors import PretuneError
 
 _MISSING = dataclasses.MISSING
+_hints = functools.cache(typing.get_type_hints)  # a settings class's field types, evaluated once
 
 
 Check = Callable[[Any], "str | None"]
@@ -108,7 +110,7 @@ def _default(f: dataclasses.Field) -> Any:
 
 def options(cls: type, instance: Any = None, path: tuple[str, ...] = (), exclude: tuple[str, ...] = ()) -> Iterator[Option]:
     """The flags of a settings class, nested classes included (defaults from ``instance``)."""
-    hints = typing.get_type_hints(cls)
+    hints = _hints(cls)
     for f in dataclasses.fields(cls):
         if f.name in exclude or not f.init:
             continue
@@ -184,7 +186,7 @@ def _group(parser: argparse.ArgumentParser, groups: dict, cls: type, path: tuple
         return parser
     owner = cls
     for name in path[:-1]:
-        owner = typing.get_type_hints(owner)[name]
+        owner = _hints(owner)[name]
     if owner not in groups:
         title = (owner.__doc__ or owner.__name__).strip().splitlines()[0].rstrip(".")
         groups[owner] = parser.add_argument_group(title[0].lower() + title[1:])
@@ -294,7 +296,7 @@ def build(cls: type, values: dict[str, Any], instance: Any = None) -> Any:
     """An instance of ``cls`` from its defaults (or ``instance``) with ``values`` (dotted paths) set."""
     base = instance if instance is not None else None
     kwargs: dict[str, Any] = {}
-    hints = typing.get_type_hints(cls)
+    hints = _hints(cls)
     for f in dataclasses.fields(cls):
         if not f.init:
             continue

@@ -35,7 +35,13 @@ from pretune.apps.demo.clock import (
 from pretune.apps.demo.data import corpus_slice, make_splits, nsmc_files
 from pretune.apps.demo.probes import contextual_embedding_table, gpt_analysis
 from pretune.apps.demo.report import write_report
-from pretune.apps.demo.settings import DemoSettings, epochs_for
+from pretune.apps.demo.settings import (
+    FULL_CORPUS_MINUTES,
+    LINES_PER_MINUTE,
+    DemoSettings,
+    corpus_lines_for,
+    epochs_for,
+)
 from pretune.apps.demo.stages import (
     demo_precision,
     finetune_best_lr,
@@ -119,8 +125,10 @@ def _scratch_first(twins: list[Twin], splits: dict[str, Any], out: Path, s: Demo
     full_s = 2 * copies * sum(PRIOR.seconds(n, e, s.validation_size, splits["test_size"]) for n, e in wanted.items())
     pretrain_s = (s.pretrain_seconds + PRETRAIN_OVERHEAD_S) * len(twins) if s.pretrain_seconds else 0.0
     budget = (clock.left() - PROBES_S - pretrain_s) if s.pretrain_seconds else min(full_s, FINETUNE_SHARE * (clock.left() - PROBES_S))
-    clock.say("finetune_s", round(budget), f"fine-tuning: {budget:.0f} s for {2 * copies * len(wanted)} runs "
-              f"(at full epochs about {full_s:.0f} s)")
+    least_s = fit_epochs(wanted, 2 * copies, 0.0, PRIOR, s.validation_size, splits["test_size"])[1]
+    clock.say("finetune_s", round(max(budget, least_s)), f"fine-tuning: {2 * copies * len(wanted)} runs, about "
+              + (f"{budget:.0f} s (at full epochs {full_s:.0f} s)" if budget >= least_s else
+                 f"{least_s:.0f} s at one epoch per label budget, the least it can take"))
     runs: list[dict[str, Any]] = []
     epochs: dict[int, float] = {}
     cost, spent, predicted = PRIOR, 0.0, 0.0
@@ -181,7 +189,11 @@ def run_demo(s: DemoSettings, command: str = "pretune demo") -> dict[str, Any]:
     files = nsmc_files(data_dir(s.data_dir))
     (out / "work").mkdir(parents=True, exist_ok=True)
     timer = Timer()
-    corpus = corpus_slice(files["unlabeled"], out / "work", s.corpus_lines)
+    lines = s.corpus_lines or corpus_lines_for(s.minutes)
+    corpus = corpus_slice(files["unlabeled"], out / "work", lines)
+    clock.say("corpus_lines", lines, f"unlabeled corpus: {'all of it' if lines is None else f'its first {lines:,} lines'}"
+              + ("" if s.corpus_lines else f" ({LINES_PER_MINUTE:,} per minute of --minutes, all from "
+                 f"{FULL_CORPUS_MINUTES:g} minutes on)"))
     results: dict[str, Any] = {"runs": [], "pretrain": {}}
     twins = _setup(corpus, out, s, timer)
     splits = timer.run("label budgets and test sample", lambda: make_splits(files, out / "work", s))

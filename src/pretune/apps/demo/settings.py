@@ -29,7 +29,8 @@ class DemoSettings:
     gpt_model: str = setting("gpt-mini", help="GPT preset (--gpt, --analysis)")
     vocab_size: int = setting(8000, check=at_least(1), help="tokenizer vocabulary")
     tokenizer_lines: int = setting(300_000, check=at_least(1), help="corpus lines the tokenizer is trained on")
-    corpus_lines: int | None = setting(None, check=at_least(1), help="use only the first N lines of the unlabeled corpus")
+    corpus_lines: int | None = setting(None, check=at_least(1), help="use only the first N lines of the unlabeled corpus "
+                                       "(default: 60,000 per minute of --minutes, all of it from 11 minutes on)")
     # Pretraining settings measured in docs/demo.md: short sequences (reviews are short; more
     # steps per second), no dropout (minutes of data cannot be overfitted), a moderate peak rate
     # with a 300-step warmup, and the MLM output bias started at the unigram prior.
@@ -58,9 +59,21 @@ class DemoSettings:
     progress: bool = setting(True, negate=True, help="no progress bars")
 
 
+# A short demo cannot pretrain on more than a fraction of NSMC's 662k unlabeled lines (at about 16
+# tokens a line and at most 50k tokens/s, 60k lines hold over 20 s of pretraining per minute of
+# --minutes), so it prepares and trains its tokenizer on a slice and does not spend its minutes there.
+LINES_PER_MINUTE = 60_000
+FULL_CORPUS_MINUTES = 11.0
+
+
+def corpus_lines_for(minutes: float) -> int | None:
+    """The unlabeled lines a demo of ``minutes`` uses (None: the whole corpus)."""
+    return None if minutes >= FULL_CORPUS_MINUTES else int(LINES_PER_MINUTE * minutes)
+
+
 def epochs_for(labels: int) -> float:
     """Fewer labels, more passes: about 20k example-passes, within 2 to 10 epochs."""
     return float(min(10, max(2, round(20_000 / labels))))
 
 
-__all__ = ["DemoSettings", "epochs_for"]
+__all__ = ["FULL_CORPUS_MINUTES", "LINES_PER_MINUTE", "DemoSettings", "corpus_lines_for", "epochs_for"]
