@@ -16,6 +16,7 @@ import shlex
 import stat
 import sys
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,14 +35,6 @@ ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "errors.md"
 WORDS = "the cat sat on a mat dog ran far away is big small red blue green why who good bad".split()
 TINY = ["hidden=32", "n_heads=2", "n_layers=1", "ffn=64"]  # --set values of the fresh models in the table
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 # --------------------------------------------------------------------------------------------
@@ -109,14 +102,17 @@ def _runs(w: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def workspace(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the tiny models of this module run fastest on one thread
     w = tmp_path_factory.mktemp("errors")
     _corpus(w)
     _models(w)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         _runs(w)
-    return w
+    yield w
+    torch.set_num_threads(threads)
 
 
 def snapshot(root: Path) -> dict[str, str]:

@@ -131,16 +131,20 @@ def _paths(values: Iterable[str | None], flag: str) -> list[Path]:
     return [existing_file(v, flag) for v in values if v]
 
 
+def _model_and_out(s: Any, files: list[Path]) -> tuple[ModelSource, ModelConfig]:
+    """--model and --tokenizer exist, --out may be made and is none of the inputs; the model's config."""
+    source = model_source(s.model)
+    existing_dir(s.tokenizer, "--tokenizer")
+    check_out_place(s.out, inputs=(*files, *_model_inputs(source, s.tokenizer)))
+    if source.fresh and not s.tokenizer:
+        raise PretuneError(f"--tokenizer is required when --model is a preset or a config file ({s.model})")
+    return source, model_config(s.model, s.overrides)
+
+
 def pretrain_settings(s: Any) -> None:
     """``pretune pretrain``: ranges, files, --out, the model, lengths and memory, before any work."""
     check_ranges(s)
-    data = _paths(s.data or [], "--data")
-    source = model_source(s.model)
-    existing_dir(s.tokenizer, "--tokenizer")
-    check_out_place(s.out, inputs=(*data, *_model_inputs(source, s.tokenizer)))
-    if source.fresh and not s.tokenizer:
-        raise PretuneError(f"--tokenizer is required when --model is a preset or a config file ({s.model})")
-    cfg = model_config(s.model, s.overrides)
+    source, cfg = _model_and_out(s, _paths(s.data or [], "--data"))
     check_length("--seq-len", s.seq_len, cfg, source)
     if source.fresh and "max_positions" not in s.overrides:
         cfg = cfg.replace(max_positions=max(s.seq_len, 128))  # what pretraining builds
@@ -153,12 +157,7 @@ def finetune_settings(s: Any) -> None:
     files = [*_paths([s.train], "--train"), *_paths([s.validation], "--validation"), *_paths([s.test], "--test")]
     if not s.validation and s.validation_split is None:
         raise PretuneError("--validation FILE (or --validation-split FRACTION of --train) is required")
-    source = model_source(s.model)
-    existing_dir(s.tokenizer, "--tokenizer")
-    check_out_place(s.out, inputs=(*files, *_model_inputs(source, s.tokenizer)))
-    if source.fresh and not s.tokenizer:
-        raise PretuneError(f"--tokenizer is required when --model is a preset or a config file ({s.model})")
-    cfg = model_config(s.model, s.overrides)
+    source, cfg = _model_and_out(s, files)
     length = cfg.max_positions if s.max_seq_len is None else s.max_seq_len
     check_length("--max-seq-len", length, cfg, source)
     for flag, layers in (("--freeze-layers", s.freeze_layers), ("--transfer-layers", s.transfer_layers)):
