@@ -401,3 +401,19 @@ def test_the_memory_estimate_is_within_a_factor_of_two_of_a_measured_step(tmp_pa
     cfg = preset("bert-tiny", vocab_size=8000, max_positions=1024)
     estimate = training_bytes(cfg, 8, 1024, cpu=True) - 16 * parameter_count(cfg)
     assert 0.5 < estimate / measured < 2.0, (estimate, measured)
+
+
+def test_a_checkpoint_of_another_shape_is_one_line(workspace: Path) -> None:
+    """What resuming after changing --model loads: every tensor checked by name and shape."""
+    from pretune.checkpoint import load_state, read_weights
+
+    state = read_weights(workspace / "run" / "checkpoints" / "step-2" / "model.safetensors")
+    other = build_model(preset("bert-tiny", vocab_size=state["body.embeddings.tok.weight"].shape[0], max_positions=128))
+    with pytest.raises(PretuneError, match=r"step-2: tensor '.*' has shape \(.*\) in the checkpoint but \(.*\) in the model") as err:
+        load_state(other, state, str(workspace / "run" / "checkpoints" / "step-2"), strict=True)
+    assert "\n" not in str(err.value)
+    fewer = {k: v for k, v in state.items() if not k.startswith("mlm.")}
+    same = build_model(preset("bert-tiny", vocab_size=state["body.embeddings.tok.weight"].shape[0], max_positions=128,
+                              hidden=32, n_heads=2, n_layers=1, ffn=64))
+    with pytest.raises(PretuneError, match="missing .* tensor"):
+        load_state(same, fewer, "step-2", strict=True)  # optional parts too, for a training checkpoint

@@ -264,6 +264,8 @@ def _from_json_file(path: Path) -> tokenizers.Tokenizer:
         return tokenizers.Tokenizer.from_file(str(path))
     except Exception as exc:  # the Rust library raises plain Exception
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        if path.name == "tokenizer.json":
+            raise PretuneError(f"{path}: cannot load the tokenizer ({first}); the file is damaged") from None
         raise PretuneError(f"{path}: not a tokenizer.json ({first}); pass a tokenizer directory") from None
 
 

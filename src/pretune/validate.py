@@ -91,7 +91,11 @@ def available_bytes(device: str) -> tuple[int, str] | None:
     if device.startswith("cuda") or (device == "auto" and torch.cuda.is_available()):
         if not torch.cuda.is_available():
             return None  # the device check reports it
-        free, _ = torch.cuda.mem_get_info(torch.device(device) if ":" in device else None)
+        index = int(device.split(":")[1]) if ":" in device else int(os.environ.get("LOCAL_RANK", "0"))  # torchrun's GPU
+        try:
+            free, _ = torch.cuda.mem_get_info(index)
+        except (RuntimeError, AssertionError):  # CUDA reported but not usable: the device check reports it
+            return None
         return free, "GPU"
     try:
         with open("/proc/meminfo", encoding="ascii") as fh:
