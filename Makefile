@@ -8,7 +8,7 @@ PIP    := $(PY) -m pip --disable-pip-version-check -q
 TORCH  ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo torch || echo torch==2.13.0)
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: demo test lint bench install clean
+.PHONY: demo test walkthrough lint bench install clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -25,6 +25,10 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks
 	$(VENV)/bin/pytest -q --durations=15
+
+# The README's commands in a new shell, after its activation line (quick: a few steps each; ARGS=--full as written).
+walkthrough: $(STAMP)
+	$(PY) tests/walkthrough.py $(ARGS)
 
 bench: $(STAMP)
 	$(PY) benchmarks/compare_hf.py --quick

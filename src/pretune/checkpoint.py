@@ -197,8 +197,8 @@ class ModelSource:
         return self.kind in ("preset", "config")
 
 
-def model_source(spec: str | Path) -> ModelSource:
-    """Which kind of ``--model`` this is; anything else is a one-line error."""
+def model_source(spec: str | Path, flag: str = "--model") -> ModelSource:
+    """Which kind of ``--model`` this is; anything else is a one-line error (naming ``flag``)."""
     spec_str = str(spec)
     path = Path(spec_str)
     if spec_str in PRESETS and not path.exists():
@@ -206,14 +206,14 @@ def model_source(spec: str | Path) -> ModelSource:
     if path.is_file() and path.suffix == ".json":
         if (path.parent / WEIGHTS_FILE).is_file() and path.name == CONFIG_FILE:
             raise PretuneError(
-                f"--model {spec_str}: this config.json belongs to a model directory; pass the directory "
+                f"{flag} {spec_str}: this config.json belongs to a model directory; pass the directory "
                 f"{path.parent} to load its weights (a config file alone builds random weights)"
             )
         return ModelSource("config", spec_str, path)
     if not path.exists():
-        raise PretuneError(f"--model {spec_str!r}: no such directory or file, and not a preset (presets: {', '.join(PRESETS)})")
+        raise PretuneError(f"{flag} {spec_str!r}: no such directory or file, and not a preset (presets: {', '.join(PRESETS)})")
     if not path.is_dir():
-        raise PretuneError(f"--model {spec_str!r}: expected a model directory, a config .json or a preset name")
+        raise PretuneError(f"{flag} {spec_str!r}: expected a model directory, a config .json or a preset name")
     if not (path / CONFIG_FILE).is_file():
         raise PretuneError(f"{path}: not a model directory (no {CONFIG_FILE})")
     kind = "huggingface" if "model_type" in read_json(path / CONFIG_FILE) else "pretune"
@@ -246,22 +246,24 @@ def read_weights(path: Path) -> dict[str, Tensor]:
         raise PretuneError(f"{path}: cannot read the weights ({str(exc).splitlines()[0]}); the file is truncated or corrupt") from None
 
 
-def load_state(model: nn.Module, state: dict[str, Tensor], source: str) -> tuple[list[str], dict[str, Tensor]]:
+def load_state(model: nn.Module, state: dict[str, Tensor], source: str, *,
+               strict: bool = False) -> tuple[list[str], dict[str, Tensor]]:
     """Copy ``state`` into ``model``, checking every name and shape.
 
     Tensors of optional parts (pooler, pretraining heads) may be missing: they keep their fresh
     initialisation and are returned. A fine-tuned model's task head (``head.*``) is returned
     separately. Anything else missing, unknown or of the wrong shape is a :class:`PretuneError`
-    naming the tensor.
+    naming the tensor (one line, where ``load_state_dict`` prints one per tensor). ``strict``
+    (a training checkpoint of exactly this model): nothing may be missing, ``head.*`` included.
     """
     own = model.state_dict()
-    head = {k: v for k, v in state.items() if k.startswith("head.")}
+    head = {} if strict else {k: v for k, v in state.items() if k.startswith("head.")}
     unknown = sorted(set(state) - set(own) - set(head))
     if unknown:
         shown = ", ".join(unknown[:5]) + (" ..." if len(unknown) > 5 else "")
         raise PretuneError(f"{source}: {len(unknown)} tensor(s) the model does not have: {shown}")
     missing = sorted(set(own) - set(state))
-    required = [k for k in missing if not k.startswith(hf.OPTIONAL_PREFIXES)]
+    required = missing if strict else [k for k in missing if not k.startswith(hf.OPTIONAL_PREFIXES)]
     if required:
         shown = ", ".join(required[:5]) + (" ..." if len(required) > 5 else "")
         raise PretuneError(f"{source}: missing {len(required)} tensor(s): {shown}")
@@ -321,8 +323,13 @@ def _read_config(source: ModelSource, overrides: dict[str, Any]) -> tuple[ModelC
         cfg = hf.config_from_hf(raw, source=where)
     else:
         check_versions(source.path, raw)
-        cfg = ModelConfig.from_dict(raw, source=where)
+        cfg = ModelConfig.from_dict(raw, source=where, with_weights=True)
     return (cfg.replace(**overrides) if overrides else cfg), raw
+
+
+def model_config(spec: str | Path, overrides: dict[str, Any] | None = None) -> ModelConfig:
+    """The config of what ``--model`` names (with ``overrides``), read without loading any weights."""
+    return _read_config(model_source(spec), overrides or {})[0]
 
 
 def load_model(spec: str | Path, *, overrides: dict[str, Any] | None = None, tokenizer: Any | None = None) -> LoadedModel:
@@ -354,7 +361,7 @@ def load_model(spec: str | Path, *, overrides: dict[str, Any] | None = None, tok
 
 __all__ = [
     "CONFIG_FILE", "WEIGHTS_FILE", "LoadedModel", "ModelSource", "check_versions", "check_vocab", "export_hf",
-    "finish_pending", "load_model",
-    "load_state", "load_tokenizer", "model_source", "read_weights", "save_model", "source_family",
+    "finish_pending", "load_model", "load_state", "load_tokenizer", "model_config", "model_source", "read_weights",
+    "save_model", "source_family",
     "state_dict_for_saving", "write_model_files",
 ]

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import os
 import sys
 import warnings
 from collections.abc import Iterator
+from typing import NoReturn
 
 from pretune.commands import (
     convert,
@@ -40,8 +42,16 @@ COMMANDS = [tokenizer, pretrain, finetune, evaluate, predict, embed, convert, da
 DEBUG_ENV = "PRETUNE_DEBUG"
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with a mistake on the command line reported in one line, like every other error
+    (``pretune VERB: error: ...; see pretune VERB --help``), not after a usage block."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}; see {self.prog} --help\n")
+
+
 def build_parser(commands: list | None = None) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="pretune",
         description="Pre-train, then fine-tune: GPT-1 and BERT from raw text to real tasks.",
         epilog=f"{DEBUG_ENV}=1 shows the traceback of an error, for bug reports.",
@@ -54,20 +64,44 @@ def build_parser(commands: list | None = None) -> argparse.ArgumentParser:
 
 @contextlib.contextmanager
 def plain_warnings(command: str) -> Iterator[None]:
-    """Show Python warnings as one line each: ``pretune COMMAND: warning: ...``."""
+    """Show Python warnings as one line each, ``pretune COMMAND: warning: ...``, without the
+    source line Python's format adds; a warning repeated word for word is shown once, and a
+    summary line at the end says how often it came."""
+    counts: dict[str, int] = {}
 
     def show(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001
-        print(f"pretune {command}: warning: {message}", file=sys.stderr)
+        text = str(message)
+        counts[text] = counts.get(text, 0) + 1
+        if counts[text] == 1:
+            print(f"pretune {command}: warning: {text}", file=sys.stderr)
 
     with warnings.catch_warnings():
-        warnings.simplefilter("default")
+        warnings.simplefilter("always")  # every occurrence reaches show(), which counts them
         warnings.showwarning = show
-        yield
+        try:
+            yield
+        finally:
+            for text, n in counts.items():
+                if n > 1:
+                    shown = text if len(text) <= 80 else text[:77] + "..."
+                    print(f"pretune {command}: warning: {n:,} times in all: {shown}", file=sys.stderr)
+
+
+@functools.cache
+def default_parser() -> argparse.ArgumentParser:
+    """The parser of every command, built once per process (argparse parsers are reusable)."""
+    return build_parser()
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    parser = default_parser()
+    try:
+        args, extra = parser.parse_known_args(argv)
+        if extra:  # reported by the verb's parser, which names the verb
+            prog = " ".join(["pretune", args.command, *([args.action] if getattr(args, "action", None) else [])])
+            Parser(prog=prog).error(f"unrecognized arguments: {' '.join(extra)}")
+    except SystemExit as exc:  # --help (0) or a command-line mistake (2), already printed
+        return exc.code if isinstance(exc.code, int) else 0
     name = args.command
     try:
         with plain_warnings(name):

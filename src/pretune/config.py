@@ -15,6 +15,7 @@ from typing import Any, Literal
 from pretune.errors import PretuneError
 
 FORMAT_VERSION = 1
+SHAPE_FIELDS = ("vocab_size", "n_layers", "hidden", "n_heads", "ffn", "max_positions", "type_vocab_size")
 
 Family = Literal["bert", "gpt"]
 
@@ -97,7 +98,10 @@ class ModelConfig:
         return {"format": "pretune", "format_version": FORMAT_VERSION, **asdict(self)}
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any], source: str = "config") -> ModelConfig:
+    def from_dict(cls, data: dict[str, Any], source: str = "config", *, with_weights: bool = False) -> ModelConfig:
+        """A config from a JSON object. ``with_weights``: the config.json of a model directory, which
+        must state every field that shapes its weights (a default would mislead: a missing
+        ``hidden`` would otherwise surface as a tensor-shape mismatch)."""
         data = {k: v for k, v in data.items() if k not in ("format", "format_version", "task", "saved")}  # saved: checkpoint.py
         names = {f.name for f in fields(cls)}
         unknown = set(data) - names
@@ -105,6 +109,10 @@ class ModelConfig:
             raise PretuneError(f"{source}: unknown field(s) {sorted(unknown)}; valid: {sorted(names)}")
         if "family" not in data:
             raise PretuneError(f"{source}: missing field 'family' ('bert' or 'gpt')")
+        absent = [name for name in SHAPE_FIELDS if name not in data] if with_weights else []
+        if absent:
+            raise PretuneError(f"{source}: missing field {absent[0]!r}, which the saved weights need "
+                               f"(a model directory's config.json states {', '.join(SHAPE_FIELDS)})")
         try:
             return cls(**data)
         except TypeError as exc:

@@ -52,12 +52,60 @@ def fsync_path(path: str | Path) -> None:
         os.close(fd)
 
 
+def umask_modes(root: str | Path) -> None:
+    """Give ``root`` and everything under it the permissions the umask allows (``mkdtemp`` makes
+    0700, and some writers, safetensors' ``save_file`` among them, make 0600 files)."""
+    os.chmod(root, dir_mode())
+    for directory, dirs, files in os.walk(root):
+        for name in dirs:
+            os.chmod(Path(directory) / name, dir_mode())
+        for name in files:
+            os.chmod(Path(directory) / name, file_mode())
+
+
 def fsync_tree(root: str | Path) -> None:
     """fsync every file and directory under ``root`` (and ``root`` itself)."""
     for directory, _, files in os.walk(root):
         for name in files:
             fsync_path(Path(directory) / name)
         fsync_path(directory)
+
+
+def _missing_parents(path: Path) -> list[Path]:
+    """The ancestors of ``path`` that do not exist yet, deepest first (what a write would create)."""
+    missing = []
+    for parent in path.parents:
+        if parent.exists() or parent.is_symlink():
+            break
+        missing.append(parent)
+    return missing
+
+
+def _remove_empty(directories: list[Path]) -> None:
+    """Remove the directories a failed write created, deepest first, as long as they are empty."""
+    for directory in directories:
+        try:
+            directory.rmdir()
+        except OSError:
+            return
+
+
+@contextmanager
+def made_dirs(path: str | Path, *, what: str = "cannot create the directory") -> Iterator[Path]:
+    """``mkdir -p path`` for the block (one line, ``PATH: WHAT (reason)``, if it cannot be made);
+    if the block fails, the directories it made are removed again as long as they are empty, so a
+    failed run leaves no empty folder behind."""
+    path = Path(path)
+    created = _missing_parents(path / "x")  # path itself and its missing ancestors, deepest first
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise PretuneError(f"{path}: {what} ({exc.strerror or exc})") from None
+    try:
+        yield path
+    except BaseException:
+        _remove_empty(created)
+        raise
 
 
 def _cannot_write(directory: Path, exc: OSError, what: str) -> PretuneError:
@@ -74,10 +122,12 @@ def atomic_path(path: str | Path, *, what: str = "") -> Iterator[Path]:
     :class:`PretuneError` (``what`` says what to do about it).
     """
     path = Path(path)
+    created = _missing_parents(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     except OSError as exc:
+        _remove_empty(created)
         raise _cannot_write(path.parent, exc, what) from None
     os.close(fd)
     tmp = Path(name)
@@ -89,6 +139,7 @@ def atomic_path(path: str | Path, *, what: str = "") -> Iterator[Path]:
         fsync_path(path.parent)
     except BaseException:
         tmp.unlink(missing_ok=True)
+        _remove_empty(created)
         raise
 
 
@@ -115,18 +166,21 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise NotADirectoryError(f"{path} exists and is not a directory")
+    created = _missing_parents(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     except OSError as exc:
+        _remove_empty(created)
         raise _cannot_write(path.parent, exc, "") from None
     try:
         yield tmp
-        os.chmod(tmp, dir_mode())
+        umask_modes(tmp)
         fsync_tree(tmp)
         swap_dir(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        _remove_empty(created)
         raise
 
 
@@ -147,28 +201,85 @@ def _inside(a: Path, b: Path) -> bool:
     return a == b or b in a.parents
 
 
-def check_out(out: str | Path, *, inputs: tuple[str | Path, ...] = (), overwrite: bool = False,
-              flag: str = "--out", allow: str = "--overwrite") -> Path:
-    """The one rule for every verb's output directory, checked before any work is done.
+def _file_above(path: Path) -> Path | None:
+    """The nearest existing ancestor of ``path`` when it is not a directory (nothing can be made under it)."""
+    for parent in path.parents:
+        if parent.exists():
+            return None if parent.is_dir() else parent
+    return None
 
-    ``out`` may not be, lie inside, or contain an input; may not be a file; and, when it holds
-    anything, is refused unless ``allow`` (``--overwrite``, or ``--resume`` for training) was given.
+
+def check_out_place(out: str | Path, *, inputs: tuple[str | Path, ...] = (), flag: str = "--out") -> Path:
+    """Where an output directory may go: not an input, not inside or around one, not a file, not under a file.
+
+    The part of :func:`check_out` that holds whatever the directory holds (training runs check it
+    first and let ``--resume`` / ``--overwrite`` decide about a non-empty one).
     """
     path = Path(out)
     resolved = path.resolve()
     for given in inputs:
         source = Path(given).resolve()
+        how = "is" if source == resolved else "lies inside" if _inside(resolved, source) else "contains"
         if _inside(resolved, source) or _inside(source, resolved):
-            raise PretuneError(f"{flag} {out}: is, contains or lies inside the input {given}; choose another directory")
+            raise PretuneError(f"{flag} {out}: {how} the input {given}; choose another directory")
     if path.exists() and not path.is_dir():
         raise PretuneError(f"{flag} {out}: exists and is a file, not a directory")
+    blocker = _file_above(path)
+    if blocker is not None:
+        raise PretuneError(f"{flag} {out}: {blocker} is a file, so no directory can be made under it")
+    return path
+
+
+def check_out(out: str | Path, *, inputs: tuple[str | Path, ...] = (), overwrite: bool = False,
+              flag: str = "--out", allow: str = "--overwrite") -> Path:
+    """The one rule for every verb's output directory, checked before any work is done.
+
+    ``out`` may not be, lie inside, or contain an input; may not be a file or lie under one; and,
+    when it holds anything, is refused unless ``allow`` (``--overwrite``, or ``--resume`` for
+    training) was given.
+    """
+    path = check_out_place(out, inputs=inputs, flag=flag)
     if path.is_dir() and any(path.iterdir()) and not overwrite:
         raise PretuneError(f"{flag} {out}: the directory is not empty; pass {allow} to replace it, or choose another")
     return path
 
 
+def check_out_file(out: str | Path, *, inputs: tuple[str | Path, ...] = (), overwrite: bool = False,
+                   flag: str = "--out") -> Path:
+    """The same rule for an output file: never an input (not even with ``--overwrite``), not a
+    directory, not under a file, and an existing file is replaced only with ``--overwrite``."""
+    path = Path(out)
+    if path.is_dir():
+        raise PretuneError(f"{flag} {out}: is a directory; give a file name (e.g. {path / 'predictions.jsonl'})")
+    blocker = _file_above(path)
+    if blocker is not None:
+        raise PretuneError(f"{flag} {out}: {blocker} is a file, so no directory can be made under it")
+    resolved = path.resolve()
+    for given in inputs:
+        if Path(given).resolve() == resolved:
+            raise PretuneError(f"{flag} {out}: is an input ({given}); choose another file")
+    if path.exists() and not overwrite:
+        raise PretuneError(f"{flag} {out}: the file exists; pass --overwrite to replace it, or choose another name")
+    return path
+
+
+def read_utf8(path: str | Path, flag: str) -> str:
+    """A text file an option names (``flag``, e.g. ``--data``): a missing file or one that is not
+    UTF-8 is one line naming the flag, the file and the line of the first bad byte."""
+    p = Path(path)
+    if not p.is_file():
+        raise PretuneError(f"{flag} {p}: no such file" + (" (it is a directory)" if p.is_dir() else ""))
+    data = p.read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise PretuneError(f"{flag} {p}:{line}: not valid UTF-8 ({exc.reason}); convert the file to UTF-8 "
+                           "(e.g. iconv -f cp949 -t utf-8)") from None
+
+
 __all__ = [
-    "check_out",
+    "check_out", "check_out_file", "check_out_place", "made_dirs", "read_utf8",
     "atomic_dir", "atomic_path", "dir_mode", "file_mode", "fsync_path", "fsync_tree", "swap_dir",
-    "write_json", "write_text",
+    "umask_modes", "write_json", "write_text",
 ]

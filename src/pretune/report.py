@@ -26,38 +26,71 @@ def read_metrics(path: str | Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
-def plot_training(records: Sequence[dict[str, Any]], out_png: str | Path, title: str = "training") -> Path | None:
-    """Training loss per logged step, and every evaluation metric measured, side by side."""
+HELD_OUT_NAMES = {
+    "val_mlm_loss": "held-out MLM loss", "val_mlm_accuracy": "held-out MLM accuracy",
+    "val_nsp_accuracy": "held-out NSP accuracy", "val_loss": "held-out LM loss", "val_perplexity": "held-out perplexity",
+}
+
+
+def metric_label(key: str) -> str:
+    """What a logged metric is, in words (``val_accuracy`` -> ``validation accuracy``)."""
+    return HELD_OUT_NAMES.get(key, key.replace("val_", "validation ", 1).replace("eval_", "evaluation ", 1).replace("_", " "))
+
+
+def train_loss_label(keys: set[str]) -> str:
+    """What the logged training loss is: the objective, named from what the run evaluates."""
+    if "val_nsp_accuracy" in keys:
+        return "train loss (MLM + NSP)"
+    if "val_mlm_loss" in keys:
+        return "train loss (MLM)"
+    if "val_perplexity" in keys:
+        return "train loss (next-token LM)"
+    return "train loss (the fine-tuning objective)"
+
+
+def _axis_of(key: str) -> int:
+    """0: losses, 1: accuracies and other scores, 2: perplexity (its own log axis)."""
+    return 2 if key.endswith("perplexity") else 0 if key.endswith("loss") else 1
+
+
+def training_figure(records: Sequence[dict[str, Any]], title: str = "training", start: dict[str, Any] | None = None):
+    """The figure of :func:`plot_training`: losses, scores and perplexity on separate axes."""
+    plt = _pyplot()
+    evals = [{"step": 0, **start}, *records] if start else list(records)
+    eval_keys = sorted({k for r in evals for k in r if k.startswith(("val_", "eval_")) and r[k] is not None})
+    used = sorted({0} | {_axis_of(k) for k in eval_keys})
+    fig, axes = plt.subplots(1, len(used), figsize=(5.5 * len(used), 4), squeeze=False)
+    ax_of = {a: axes[0][i] for i, a in enumerate(used)}
+    train = [r for r in records if "loss" in r]
+    ax_of[0].plot([r["step"] for r in train], [r["loss"] for r in train], label=train_loss_label(set(eval_keys)))
+    for key in eval_keys:
+        points = [(r["step"], r[key]) for r in evals if r.get(key) is not None]
+        ax_of[_axis_of(key)].plot(*zip(*points), marker="o", label=metric_label(key))
+    names = {0: "loss", 1: "accuracy / score", 2: "perplexity"}
+    for a, ax in ax_of.items():
+        ax.set_xlabel("step")
+        ax.set_ylabel(names[a])
+        ax.set_title(title if a == 0 else f"held-out {names[a]}")
+        ax.set_yscale("log" if a == 2 else "linear")
+        ax.legend()
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def plot_training(records: Sequence[dict[str, Any]], out_png: str | Path, title: str = "training",
+                  start: dict[str, Any] | None = None) -> Path | None:
+    """Losses, scores and perplexity on separate axes, every curve labelled with what it is.
+
+    ``records`` are the trainer's log (``loss`` per logged step, ``val_*`` at evaluations);
+    ``start`` is the evaluation before the first step (plotted at step 0) when there was one.
+    """
     if not records:
         return None
-    plt = _pyplot()
-    eval_keys = sorted({k for r in records for k in r if k.startswith(("val_", "eval_"))})
-    fig, axes = plt.subplots(1, 1 + bool(eval_keys), figsize=(11 if eval_keys else 6, 4), squeeze=False)
-    train = [r for r in records if "loss" in r]
-    ax = axes[0][0]
-    ax.plot([r["step"] for r in train], [r["loss"] for r in train], label="train loss")
-    for key in (k for k in eval_keys if k.endswith("loss")):
-        points = [(r["step"], r[key]) for r in records if key in r]
-        ax.plot(*zip(*points), marker="o", label=key)
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss")
-    ax.set_title(title)
-    ax.legend()
-    ax.grid(alpha=0.3)
-    if eval_keys:
-        ax2 = axes[0][1]
-        for key in eval_keys:
-            points = [(r["step"], r[key]) for r in records if key in r]
-            ax2.plot(*zip(*points), marker="o", label=key)
-        ax2.set_xlabel("step")
-        ax2.set_title("held-out metrics")
-        ax2.set_yscale("log" if any("perplexity" in k for k in eval_keys) else "linear")
-        ax2.legend()
-        ax2.grid(alpha=0.3)
-    fig.tight_layout()
+    fig = training_figure(records, title, start)
     with atomic_path(out_png) as tmp:
         fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
+    _pyplot().close(fig)
     return Path(out_png)
 
 

@@ -25,16 +25,15 @@ import torch
 import torch.nn.functional as F
 
 from pretune.errors import PretuneError
+from pretune.io import read_utf8
 
 
 def read_senses(path: str | Path) -> list[tuple[str, str]]:
     """``(sense, sentence)`` rows of a UTF-8 file (blank lines and ``#`` comments skipped); at least
     two senses with two sentences each."""
     path = Path(path)
-    if not path.is_file():
-        raise PretuneError(f"--data {path}: no such file")
     rows = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for n, line in enumerate(read_utf8(path, "--data").splitlines(), 1):
         if not line.strip() or line.startswith("#"):
             continue
         sense, tab, sentence = line.partition("\t")
@@ -43,7 +42,9 @@ def read_senses(path: str | Path) -> list[tuple[str, str]]:
         rows.append((sense.strip(), sentence.strip()))
     counts = {s: sum(r[0] == s for r in rows) for s in dict.fromkeys(r[0] for r in rows)}
     if len(counts) < 2 or min(counts.values()) < 2:
-        raise PretuneError(f"{path}: needs at least two senses with two sentences each, got {counts}")
+        shown = ", ".join(f"{sense!r}: {n}" for sense, n in list(counts.items())[:4]) + (", ..." if len(counts) > 4 else "")
+        raise PretuneError(f"{path}: needs at least two senses with two sentences each; sentences per sense: {shown} "
+                           f"({len(counts)} senses, {sum(n < 2 for n in counts.values())} with fewer than two)")
     return rows
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import types
 import typing
@@ -22,6 +23,31 @@ from typing import Any, Literal
 from pretune.errors import PretuneError
 
 _MISSING = dataclasses.MISSING
+_hints = functools.cache(typing.get_type_hints)  # a settings class's field types, evaluated once
+
+
+Check = Callable[[Any], "str | None"]
+"""A value's range: ``check(value)`` is None when the value is fine, else what it must be ("must be at least 1")."""
+
+
+def at_least(minimum: float) -> Check:
+    """Values ``>= minimum`` (sizes, counts)."""
+    return lambda v: None if v >= minimum else f"must be at least {minimum:g}"
+
+
+def positive(v: float) -> str | None:
+    """Values ``> 0`` (rates, durations)."""
+    return None if v > 0 else "must be positive"
+
+
+def between(low: float, high: float, *, low_open: bool = False, high_open: bool = False) -> Check:
+    """Values in an interval, e.g. a fraction strictly between 0 and 1."""
+    def check(v: float) -> str | None:
+        ok = (v > low if low_open else v >= low) and (v < high if high_open else v <= high)
+        bounds = {(True, True): "both exclusive", (True, False): f"{low:g} exclusive",
+                  (False, True): f"{high:g} exclusive", (False, False): "inclusive"}[(low_open, high_open)]
+        return None if ok else f"must be between {low:g} and {high:g} ({bounds})"
+    return check
 
 
 def setting(
@@ -34,11 +60,15 @@ def setting(
     negate: bool = False,
     parse: Callable[[Any], Any] | None = None,
     factory: Callable[[], Any] | None = None,
+    check: Check | None = None,
 ) -> Any:
     """A settings field. ``flag`` overrides the generated ``--field-name``; ``negate`` makes a
     boolean that defaults to True a ``--no-...`` switch; ``parse`` turns the command-line value
-    into the field's value (e.g. ``--set a=1`` into a dict)."""
-    meta = {"help": help, "flag": flag, "metavar": metavar, "positional": positional, "negate": negate, "parse": parse}
+    into the field's value (e.g. ``--set a=1`` into a dict); ``check`` states the values allowed
+    (:func:`at_least`, :func:`positive`, :func:`between`), checked before any work with the flag
+    named in the message (:func:`check_ranges`)."""
+    meta = {"help": help, "flag": flag, "metavar": metavar, "positional": positional, "negate": negate, "parse": parse,
+            "check": check}
     if factory is not None:
         return dataclasses.field(default_factory=factory, metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
@@ -80,7 +110,7 @@ def _default(f: dataclasses.Field) -> Any:
 
 def options(cls: type, instance: Any = None, path: tuple[str, ...] = (), exclude: tuple[str, ...] = ()) -> Iterator[Option]:
     """The flags of a settings class, nested classes included (defaults from ``instance``)."""
-    hints = typing.get_type_hints(cls)
+    hints = _hints(cls)
     for f in dataclasses.fields(cls):
         if f.name in exclude or not f.init:
             continue
@@ -156,7 +186,7 @@ def _group(parser: argparse.ArgumentParser, groups: dict, cls: type, path: tuple
         return parser
     owner = cls
     for name in path[:-1]:
-        owner = typing.get_type_hints(owner)[name]
+        owner = _hints(owner)[name]
     if owner not in groups:
         title = (owner.__doc__ or owner.__name__).strip().splitlines()[0].rstrip(".")
         groups[owner] = parser.add_argument_group(title[0].lower() + title[1:])
@@ -266,7 +296,7 @@ def build(cls: type, values: dict[str, Any], instance: Any = None) -> Any:
     """An instance of ``cls`` from its defaults (or ``instance``) with ``values`` (dotted paths) set."""
     base = instance if instance is not None else None
     kwargs: dict[str, Any] = {}
-    hints = typing.get_type_hints(cls)
+    hints = _hints(cls)
     for f in dataclasses.fields(cls):
         if not f.init:
             continue
@@ -283,15 +313,43 @@ def build(cls: type, values: dict[str, Any], instance: Any = None) -> Any:
 
 
 def settings_from(args: argparse.Namespace) -> Any:
-    """The settings object of a parsed command line (with its ``--config``)."""
+    """The settings object of a parsed command line (with its ``--config``), its values' ranges checked."""
     cls, instance, _ = args._settings
-    return build(cls, values_from(args), instance)
+    settings = build(cls, values_from(args), instance)
+    check_ranges(settings)
+    return settings
+
+
+def _shown(value: Any) -> str:
+    return f"{value:g}" if isinstance(value, float) else repr(value) if isinstance(value, str) else str(value)
+
+
+def check_ranges(settings: Any) -> None:
+    """Every value against its field's ``check``, nested settings included: the first value out of
+    range is a :class:`PretuneError` naming its flag, e.g. ``--validation-split must be between 0
+    and 1 (both exclusive), got 1.5``."""
+    for opt in options(type(settings), settings):
+        check = opt.field.metadata.get("check")
+        value = settings
+        for name in opt.path:
+            value = getattr(value, name)
+        if check is None or value is None:
+            continue
+        for item in value if isinstance(value, (list, tuple)) else [value]:
+            problem = check(item)
+            if problem:
+                name = opt.path[-1].upper() if opt.field.metadata.get("positional") else opt.flag
+                raise PretuneError(f"{name} {problem}, got {_shown(item)}")
 
 
 def require(settings: Any, *names: str) -> None:
-    """Refuse to run without the settings a command needs, naming their flags."""
+    """Refuse to run without the settings a command needs, naming their flags (or, for positional
+    arguments, what to give)."""
     for name in names:
         if getattr(settings, name) in (None, "", []):
+            f = {f.name: f for f in dataclasses.fields(settings)}[name]
+            if f.metadata.get("positional"):
+                raise PretuneError(f"no {name.upper()} given: {f.metadata['help']}")
             raise PretuneError(f"--{name.replace('_', '-')} is required (on the command line or in --config)")
 
 
@@ -300,5 +358,5 @@ def to_dict(settings: Any) -> dict[str, Any]:
     return json.loads(json.dumps(dataclasses.asdict(settings), default=str))
 
 
-__all__ = ["Option", "add_command", "add_options", "build", "nested", "options", "read_config_file", "require", "setting",
-           "settings_from", "to_dict", "values_from"]
+__all__ = ["Check", "Option", "add_command", "add_options", "at_least", "between", "build", "check_ranges", "nested", "options",
+           "positive", "read_config_file", "require", "setting", "settings_from", "to_dict", "values_from"]

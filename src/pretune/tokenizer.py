@@ -271,6 +271,8 @@ class Tokenizer:
         p = Path(path)
         if p.is_file() and p.suffix == ".json":
             return cls(_from_json_file(p), roles)
+        if p.is_file():
+            raise PretuneError(f"{p}: a file, not a tokenizer directory (pass the directory holding tokenizer.json)")
         if not p.is_dir():
             raise PretuneError(f"{p}: tokenizer directory not found")
         config = _read_json(p / "tokenizer_config.json")
@@ -318,7 +320,10 @@ def _from_json_file(path: Path) -> tokenizers.Tokenizer:
     try:
         return tokenizers.Tokenizer.from_file(str(path))
     except Exception as exc:  # the Rust library raises plain Exception
-        raise PretuneError(f"{path}: cannot load tokenizer ({exc})") from None
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        if path.name == "tokenizer.json":
+            raise PretuneError(f"{path}: cannot load the tokenizer ({first}); the file is damaged") from None
+        raise PretuneError(f"{path}: not a tokenizer.json ({first}); pass a tokenizer directory") from None
 
 
 def _configured_roles(config: dict, specials_map: dict) -> dict[str, str]:
@@ -439,10 +444,10 @@ def train_tokenizer(
         raise PretuneError(f"unknown tokenizer kind {kind!r}; choose wordpiece or bpe")
     minimum = len(WORDPIECE_SPECIALS) + 1 if kind == "wordpiece" else len(BPE_SPECIALS) + 256
     if vocab_size <= minimum:
-        raise PretuneError(f"vocab size {vocab_size} is too small for {kind}; it must be over {minimum}")
+        raise PretuneError(f"--vocab-size {vocab_size} is too small for {kind}; it must be over {minimum}")
     if min_frequency < 1:
-        raise PretuneError(f"min frequency must be at least 1, got {min_frequency}")
-    paths = corpus.check_paths(files)
+        raise PretuneError(f"--min-frequency must be at least 1, got {min_frequency}")
+    paths = corpus.check_paths(files, skip_bad_lines)
     if kind == "wordpiece":
         backend = _wordpiece_backend(lowercase)
         trainer = trainers.WordPieceTrainer(

@@ -30,7 +30,7 @@ def run(s: ConvertSettings) -> int:
         raise PretuneError("give exactly one of --from-hf HF_DIR or --to-hf DIR")
     source = s.from_hf or s.to_hf
     check_out(s.out, inputs=(source,), overwrite=s.overwrite)
-    kind = model_source(source).kind
+    kind = model_source(source, "--from-hf" if s.from_hf else "--to-hf").kind
     if s.from_hf and kind != "huggingface":
         raise PretuneError(f"--from-hf {s.from_hf}: not a Hugging Face directory (config.json has no model_type)")
     if s.to_hf and kind != "pretune":

@@ -8,7 +8,7 @@ import time
 from dataclasses import dataclass
 
 from pretune.data import download as dl
-from pretune.settings import add_command, require, setting
+from pretune.settings import add_command, positive, require, setting
 
 DATA_DIR_HELP = (
     f"data directory (default: ${dl.ENV_DATA}, else ../shared/data in a source checkout, "
@@ -21,7 +21,7 @@ class DownloadSettings:
     names: list[str] | None = setting(None, positional=True, help=f"data set(s): {', '.join(dl.REGISTRY)}")
     data_dir: str | None = setting(None, metavar="DIR", help=DATA_DIR_HELP)
     force: bool = setting(False, help="download again even if the files are present")
-    timeout: float = setting(30.0, metavar="S", help="network timeout in seconds")
+    timeout: float = setting(30.0, metavar="S", check=positive, help="network timeout in seconds")
 
 
 @dataclass
@@ -44,7 +44,7 @@ def run_download(args: DownloadSettings) -> int:
     require(args, "names")
     root, how = dl.resolve_data_dir(args.data_dir)
     datasets = [dl.get_dataset(name) for name in dict.fromkeys(args.names)]  # all names checked first
-    print(f"data dir: {root} ({how})", file=sys.stderr)
+    print(f"data dir: {root} ({how})")
     for ds in datasets:
         started = time.perf_counter()
         path = dl.download(ds.name, root, force=args.force, timeout=args.timeout)

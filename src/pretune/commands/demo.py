@@ -6,7 +6,7 @@ import argparse
 import shlex
 import sys
 
-from pretune.apps.demo.settings import PRETRAIN_SHARE, DemoSettings
+from pretune.apps.demo.settings import DemoSettings
 from pretune.settings import add_command
 
 
@@ -15,7 +15,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                 help="pretrain on unlabeled Korean reviews, fine-tune with few labels, compare with scratch",
                 description="Train a tokenizer and a small BERT on NSMC's unlabeled reviews, fine-tune it and an "
                 "identical randomly initialised BERT on 500/2,000/10,000 labels, score both on a fixed test sample, "
-                f"and write results.json, plots and report.md. Pretraining gets {PRETRAIN_SHARE:.0%} of --minutes.")
+                "and write results.json, plots and report.md, all within --minutes: the set-up is measured, the "
+                "from-scratch twins fine-tune first (epochs scaled down when time is short), pretraining gets what "
+                "is left after their pretrained twins' equal share, and the plan is printed.")
 
 
 def run(s: DemoSettings) -> int:

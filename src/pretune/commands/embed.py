@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from pretune.errors import PretuneError
-from pretune.settings import add_command, require, setting
+from pretune.settings import add_command, at_least, require, setting
 from pretune.train.settings import Runtime
 
 
@@ -20,7 +20,7 @@ class EmbedSettings(Runtime):
     pool: Literal["mean", "cls"] | None = setting(None, help="one sentence vector (mean or cls) instead of one per token")
     word: str | None = setting(None, help="the vector of this word in each text: its first occurrence's sub-tokens, averaged")
     truncate: bool = setting(False, help="cut texts longer than the model's maximum")
-    decimals: int = setting(6, help="decimals printed")
+    decimals: int = setting(6, check=at_least(0), help="decimals printed")
     texts: list[str] | None = setting(None, positional=True, help="texts to embed (default: lines of stdin)")
 
 

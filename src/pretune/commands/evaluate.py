@@ -12,8 +12,28 @@ from pretune.train.settings import EvaluateSettings
 
 def register(sub: argparse._SubParsersAction) -> None:
     add_command(sub, "evaluate", EvaluateSettings, run, help="score a fine-tuned model on a labelled file",
-                description="Print the task's metrics for a fine-tuned model on --data and write them as JSON "
-                "(--out, default MODEL/eval_<data file name>.json).")
+                description="Print the task's metrics for a fine-tuned model on --data and write them as JSON: "
+                "to --out (an existing file only with --overwrite), or by default to MODEL/eval_<data file name>.json, "
+                "the model directory's record of its latest evaluation on that file, which each evaluation replaces.")
+
+
+TOKENIZER_EXTRAS = ("merges.txt", "tokenizer_config.json", "special_tokens_map.json")  # beside TOKENIZER_FILES
+
+
+def check_outputs(s: EvaluateSettings, out: str | Path | None) -> None:
+    """Before any work: --data exists, and a given --out file follows the one rule
+    (:func:`pretune.io.check_out_file`): never --data or one of the model directory's own files,
+    and an existing file only with --overwrite."""
+    from pretune.checkpoint import CONFIG_FILE, TOKENIZER_FILES, WEIGHTS_FILE, model_source
+    from pretune.io import check_out_file
+    from pretune.validate import existing_file
+
+    existing_file(s.data, "--data")
+    source = model_source(s.model)
+    if out is not None:
+        names = (CONFIG_FILE, WEIGHTS_FILE, *TOKENIZER_FILES, *TOKENIZER_EXTRAS)
+        model_files = [source.path / name for name in names] if source.path is not None else []
+        check_out_file(out, inputs=(s.data, *model_files), overwrite=s.overwrite)
 
 
 def run(s: EvaluateSettings) -> int:
@@ -21,6 +41,7 @@ def run(s: EvaluateSettings) -> int:
     from pretune.io import write_json
 
     require(s, "model", "data")
+    check_outputs(s, s.out)
     metrics = evaluate(
         s.model, s.data, task_name=s.task, columns=s.columns.overrides(), batch_size=s.batch_size, limit=s.limit,
         max_seq_len=s.max_seq_len, no_truncate=s.no_truncate, device=s.device, precision=s.precision,

@@ -36,10 +36,10 @@ def read_prompts(s: GenerateSettings) -> list[str]:
     if s.prompt and s.prompts_file:
         raise PretuneError("give prompts as arguments or with --prompts FILE, not both")
     if s.prompts_file:
+        from pretune.io import read_utf8
+
         path = Path(s.prompts_file)
-        if not path.is_file():
-            raise PretuneError(f"--prompts {path}: no such file")
-        prompts = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        prompts = [line for line in read_utf8(path, "--prompts").splitlines() if line.strip()]
         if not prompts:
             raise PretuneError(f"--prompts {path}: no prompt in the file (every line is blank)")
         return prompts

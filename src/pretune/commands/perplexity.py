@@ -9,16 +9,18 @@ from pathlib import Path
 
 from pretune.errors import PretuneError
 from pretune.lm.settings import LMRuntime
-from pretune.settings import add_command, require, setting
+from pretune.settings import add_command, at_least, require, setting
 
 
 @dataclass
 class PerplexitySettings(LMRuntime):
     data: str | None = setting(None, metavar="FILE", help="a UTF-8 text file (a GPT reads it whole, a BERT line by line)")
-    window: int | None = setting(None, metavar="N", help="GPT: tokens per window (default: the model's context)")
-    stride: int | None = setting(None, metavar="N", help="GPT: tokens the window moves by; each token gets at least "
+    window: int | None = setting(None, metavar="N", check=at_least(2), help="GPT: tokens per window (default: the model's context)")
+    stride: int | None = setting(None, metavar="N", check=at_least(1), help="GPT: tokens the window moves by; each token gets at least "
                                  "window - stride tokens of context (default: half the window)")
-    out: str | None = setting(None, metavar="FILE", help="also write the result here as JSON")
+    out: str | None = setting(None, metavar="FILE", help="also write the result here as JSON (an existing file only with "
+                              "--overwrite, never --data or a file of the model)")
+    overwrite: bool = setting(False, help="replace the --out file if it exists")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -29,21 +31,21 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(s: PerplexitySettings) -> int:
-    from pretune.io import write_json
+    from pretune.commands.evaluate import check_outputs
+    from pretune.io import read_utf8, write_json
     from pretune.lm.common import load_trained
     from pretune.lm.score import score_text
 
     require(s, "model", "data")
+    check_outputs(s, s.out)  # --data exists; --out is not an input, replaced only with --overwrite
     path = Path(s.data)
-    if not path.is_file():
-        raise PretuneError(f"--data {path}: no such file")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        raise PretuneError(f"--data {path}: not valid UTF-8 ({exc.reason} at byte {exc.start})") from None
+    text = read_utf8(path, "--data")
     ready = load_trained(s.model, None, roles=s.token_roles, device=s.device, precision=s.precision, verb="perplexity")
-    result = {"model": s.model, "data": str(path), "family": ready.family, "precision": ready.precision,
-              **score_text(ready, text, window=s.window, stride=s.stride, batch_size=s.batch_size, progress=s.progress)}
+    try:
+        scores = score_text(ready, text, window=s.window, stride=s.stride, batch_size=s.batch_size, progress=s.progress)
+    except PretuneError as exc:
+        raise PretuneError(f"--data {path}: {exc}" if str(exc).startswith("the text") else str(exc)) from None
+    result = {"model": s.model, "data": str(path), "family": ready.family, "precision": ready.precision, **scores}
     if s.out:
         write_json(Path(s.out), result)
     width = max(len(k) for k in result)

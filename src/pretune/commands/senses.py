@@ -17,7 +17,9 @@ class SensesSettings(Runtime):
     word: str | None = setting(None, help="the word whose senses the sentences use")
     untrained: bool = setting(False, help="also probe a freshly initialised model of the same config (the baseline)")
     seed: int = setting(0, help="initialisation seed of the untrained model")
-    out: str | None = setting(None, metavar="DIR", help="write senses.json and the plots (senses_accuracy.png, senses_cosine.png) here")
+    out: str | None = setting(None, metavar="DIR", help="write senses.json and the plots (senses_accuracy.png, senses_cosine.png) "
+                              "here; a directory that holds anything only with --overwrite")
+    overwrite: bool = setting(False, help="write into an --out directory that holds files (its senses.json and plots are replaced)")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -35,6 +37,12 @@ def run(s: SensesSettings) -> int:
     from pretune.train.distributed import resolve_device
 
     require(s, "model", "data", "word")
+    if s.out:
+        from pretune.checkpoint import model_source
+        from pretune.io import check_out
+
+        source = model_source(s.model)
+        check_out(s.out, inputs=(s.data, *([source.path] if source.path is not None else [])), overwrite=s.overwrite)
     rows = read_senses(s.data)
     loaded = load_model(s.model)
     if loaded.tokenizer is None:

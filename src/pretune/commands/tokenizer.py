@@ -9,17 +9,17 @@ import time
 from dataclasses import dataclass
 from typing import Literal
 
-from pretune.settings import add_command, require, setting
+from pretune.settings import add_command, at_least, require, setting
 
 
 @dataclass
 class TrainTokenizerSettings:
     files: list[str] | None = setting(None, positional=True, help="training text: .txt, .txt.gz, .jsonl, .jsonl.gz")
     kind: Literal["wordpiece", "bpe"] | None = setting(None, help="wordpiece for BERT, bpe (byte-level) for GPT")
-    vocab_size: int | None = setting(None, metavar="N", help="vocabulary size, special tokens included")
+    vocab_size: int | None = setting(None, metavar="N", check=at_least(1), help="vocabulary size, special tokens included")
     out: str | None = setting(None, metavar="DIR", help="output directory")
     lowercase: bool = setting(False, help="lower-case text first (accents and Hangul kept)")
-    min_frequency: int = setting(2, metavar="K", help="keep merges seen at least K times")
+    min_frequency: int = setting(2, metavar="K", check=at_least(1), help="keep merges seen at least K times")
     skip_bad_lines: bool = setting(False, help="skip lines that are not UTF-8 instead of stopping")
     overwrite: bool = setting(False, help="replace --out if it holds anything")
 
@@ -47,7 +47,7 @@ def run_train(s: TrainTokenizerSettings) -> int:
 
     require(s, "files", "kind", "vocab_size", "out")
     check_out(s.out, inputs=tuple(s.files), overwrite=s.overwrite)
-    files = corpus.check_paths(s.files)
+    files = corpus.check_paths(s.files, s.skip_bad_lines)
     stats = corpus.ReadStats()
     started = time.perf_counter()
     tok = train_tokenizer(files, s.kind, s.vocab_size, lowercase=s.lowercase, min_frequency=s.min_frequency,

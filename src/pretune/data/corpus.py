@@ -116,7 +116,8 @@ def _json_text(line: str) -> str:
     except json.JSONDecodeError as exc:
         raise ValueError(f"malformed JSON ({exc.msg} at column {exc.colno})") from None
     if not isinstance(record, dict) or "text" not in record:
-        raise ValueError('JSON record has no "text" field')
+        keys = ", ".join(record) if isinstance(record, dict) and record else "none"
+        raise ValueError(f'JSON record has no "text" field (its fields: {keys})')
     text = record["text"]
     if text is None:
         return ""
@@ -164,8 +165,11 @@ def iter_documents(paths: PathLike | Iterable[PathLike], **kw) -> Iterator[list[
             yield doc
 
 
-def check_paths(paths: PathLike | Iterable[PathLike]) -> list[Path]:
-    """Check that corpus files were given, exist and are not all empty; return them as Paths."""
+def check_paths(paths: PathLike | Iterable[PathLike], skip_bad_lines: bool = False) -> list[Path]:
+    """Check that corpus files were given, exist and are not all empty; return them as Paths.
+
+    When no line has text, the first line that cannot be read (not UTF-8, a JSON record without
+    ``text``) is the error, unless such lines are skipped (``skip_bad_lines``)."""
     files = _as_list(paths)
     if not files:
         raise PretuneError("no input files given")
@@ -178,6 +182,9 @@ def check_paths(paths: PathLike | Iterable[PathLike]) -> list[Path]:
             f"expected text files, got director{'y' if len(dirs) == 1 else 'ies'}: {', '.join(dirs)}"
         )
     if not any(_has_text(p) for p in files):
+        for path in files if not skip_bad_lines else ():  # an unreadable line says more than "empty"
+            for _ in iter_lines(path):
+                pass
         names = ", ".join(str(p) for p in files)
         raise PretuneError(
             f"input file{'s are' if len(files) > 1 else ' is'} empty (no non-blank lines): {names}"

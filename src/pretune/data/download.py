@@ -59,10 +59,16 @@ def shared_data_dir() -> Path | None:
     package = Path(__file__).resolve().parents[1]  # .../src/pretune
     if package.parent.name != "src":
         return None
-    repo = package.parent.parent
+    return shared_beside(package.parent.parent)
+
+
+def shared_beside(repo: Path) -> Path | None:
+    """``repo/../shared/data`` with symbolic links resolved (``../shared`` is often a link), when
+    ``repo`` is a source checkout and that folder exists. Resolved, so that the write guard
+    (:func:`check_writable`), which compares resolved paths, also fires through a link."""
     shared = repo.parent / "shared" / "data"
     if (repo / "pyproject.toml").is_file() and shared.is_dir():
-        return shared
+        return shared.resolve()
     return None
 
 
@@ -74,18 +80,24 @@ def cache_data_dir() -> Path:
 
 
 def resolve_data_dir(explicit: str | os.PathLike[str] | None = None) -> tuple[Path, str]:
-    """The data directory (absolute) and a few words on how it was chosen."""
+    """The data directory (absolute) and a few words on how it was chosen; a file there is an error."""
     if explicit is not None and str(explicit) != "":
-        return Path(explicit).expanduser().absolute(), "--data-dir"
+        return _not_a_file(Path(explicit).expanduser().absolute(), f"--data-dir {explicit}"), "--data-dir"
     env = os.environ.get(ENV_DATA, "")
     if env:
-        return Path(env).expanduser().absolute(), f"environment variable {ENV_DATA}"
+        return _not_a_file(Path(env).expanduser().absolute(), f"${ENV_DATA} {env}"), f"environment variable {ENV_DATA}"
     shared = shared_data_dir()
     if shared is not None:
         return shared, "source checkout: ../shared/data beside the repository"
     xdg = os.environ.get("XDG_CACHE_HOME", "")
     how = "$XDG_CACHE_HOME" if xdg and os.path.isabs(xdg) else "~/.cache"
     return cache_data_dir(), f"default user cache ({how}/pretune/data)"
+
+
+def _not_a_file(path: Path, given: str) -> Path:
+    if path.exists() and not path.is_dir():
+        raise PretuneError(f"{given}: is a file, not a directory")
+    return path
 
 
 def data_dir(explicit: str | os.PathLike[str] | None = None) -> Path:

@@ -49,7 +49,7 @@ from tqdm.auto import tqdm
 
 from pretune.data import corpus
 from pretune.errors import PretuneError
-from pretune.io import fsync_tree, swap_dir
+from pretune.io import fsync_tree, made_dirs, swap_dir
 
 FORMAT_VERSION = 1
 SPLITS = ("train", "val")
@@ -374,37 +374,47 @@ def prepare_corpus(
     if mode not in ("bert", "gpt"):
         raise PretuneError(f"corpus mode must be 'bert' or 'gpt', got {mode!r}")
     if not 0.0 <= float(val_fraction) < 1.0:
-        raise PretuneError(f"validation fraction must be in [0, 1), got {val_fraction}")
+        raise PretuneError(f"--val-fraction must be in [0, 1), got {val_fraction}")
     if batch_docs < 1:
         raise PretuneError(f"batch_docs must be at least 1, got {batch_docs}")
-    files = [Path(p) for p in corpus.check_paths(paths)]
+    files = [Path(p) for p in corpus.check_paths(paths, skip_bad_lines)]
     key = cache_key(files, tokenizer, mode=mode, val_fraction=val_fraction, skip_bad_lines=skip_bad_lines)
     root = Path(cache_root)
     final = root / key[:16]
     meta = _read_meta(final)
     if meta is not None and meta.get("key") == key:
         return PreparedCorpus(final, meta)
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise PretuneError(f"{root}: cannot create the cache directory ({exc.strerror or exc})") from None
-    with _lock(root / f".{key[:16]}.lock"):
-        meta = _read_meta(final)  # another process may have finished it while we waited
-        if meta is not None and meta.get("key") == key:
-            return PreparedCorpus(final, meta)
-        if final.exists():
-            shutil.rmtree(final, ignore_errors=True)  # an incomplete or stale directory
-        for stale in root.glob(f".tmp-{key[:16]}-*"):  # left by a killed run (we hold the lock)
-            shutil.rmtree(stale, ignore_errors=True)
-        tmp = root / f".tmp-{key[:16]}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        tmp.mkdir()
+    with made_dirs(root, what="cannot create the cache directory"):  # a failed build leaves no empty folder
+        lock = root / f".{key[:16]}.lock"
         try:
-            meta = _build(files, tokenizer, tmp, key, mode, val_fraction, skip_bad_lines, workers, batch_docs, progress)
-            fsync_tree(tmp)
-            swap_dir(tmp, final)
+            with _lock(lock):
+                return _build_locked(files, tokenizer, root, key, mode, val_fraction, skip_bad_lines, workers,
+                                     batch_docs, progress)
         except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
+            lock.unlink(missing_ok=True)
             raise
+
+
+def _build_locked(files: list[Path], tokenizer: Any, root: Path, key: str, mode: str, val_fraction: float,
+                  skip_bad_lines: bool, workers: int | None, batch_docs: int, progress: bool) -> PreparedCorpus:
+    """Build the cache entry ``root/<key[:16]>`` under its lock (or find it finished by another process)."""
+    final = root / key[:16]
+    meta = _read_meta(final)  # another process may have finished it while we waited
+    if meta is not None and meta.get("key") == key:
+        return PreparedCorpus(final, meta)
+    if final.exists():
+        shutil.rmtree(final, ignore_errors=True)  # an incomplete or stale directory
+    for stale in root.glob(f".tmp-{key[:16]}-*"):  # left by a killed run (we hold the lock)
+        shutil.rmtree(stale, ignore_errors=True)
+    tmp = root / f".tmp-{key[:16]}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        meta = _build(files, tokenizer, tmp, key, mode, val_fraction, skip_bad_lines, workers, batch_docs, progress)
+        fsync_tree(tmp)
+        swap_dir(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     return PreparedCorpus(final, meta)
 
 
@@ -499,12 +509,12 @@ def _finish_splits(writers: dict[str, _SplitWriter], files: list[Path], val_frac
         if writers["train"].n_docs < 2:
             raise PretuneError(
                 f"{names}: only 1 document, so there is none left for a validation split; add documents "
-                "(a blank line separates them) or set the validation fraction to 0"
+                "(a blank line separates them) or pass --val-fraction 0"
             )
         tokens, lens = writers["train"].pop_last_document()
         writers["val"].append(tokens, lens, np.array([lens.size], np.int64))
     if writers["train"].n_docs == 0:
-        raise PretuneError(f"{names}: every document went to the validation split; lower the validation fraction")
+        raise PretuneError(f"{names}: every document went to the validation split; lower --val-fraction")
     return {s: w.finish() for s, w in writers.items()}
 
 

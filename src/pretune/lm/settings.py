@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from pretune.errors import PretuneError
-from pretune.settings import setting
+from pretune.settings import at_least, between, check_ranges, positive, setting
 from pretune.train.settings import Runtime
 
 
@@ -30,30 +30,22 @@ def parse_roles(items: list[str] | dict[str, str] | None) -> dict[str, str]:
 class SamplingSettings:
     """How each next token is chosen."""
 
-    max_new_tokens: int = setting(50, metavar="N", help="tokens to generate after each prompt (at most)")
+    max_new_tokens: int = setting(50, metavar="N", check=at_least(1), help="tokens to generate after each prompt (at most)")
     sample: bool = setting(False, help="sample the next token (with --temperature, --top-k, --top-p); default: greedy")
-    temperature: float = setting(1.0, help="divide the logits by this before sampling (with --sample)")
-    top_k: int = setting(0, metavar="K", help="sample among the K most likely tokens only (0: all; with --sample)")
-    top_p: float = setting(1.0, metavar="P", help="sample among the fewest most likely tokens whose probability "
+    temperature: float = setting(1.0, check=positive, help="divide the logits by this before sampling (with --sample)")
+    top_k: int = setting(0, metavar="K", check=at_least(0), help="sample among the K most likely tokens only (0: all; with --sample)")
+    top_p: float = setting(1.0, metavar="P", check=between(0, 1, low_open=True), help="sample among the fewest most likely tokens whose probability "
                            "reaches P (nucleus sampling; 1: all; with --sample)")
-    repetition_penalty: float = setting(1.0, help="divide (multiply, when negative) the logit of every token already "
+    repetition_penalty: float = setting(1.0, check=positive, help="divide (multiply, when negative) the logit of every token already "
                                         "in the prompt or the output by this (CTRL; 1: off)")
     stop: list[str] | None = setting(None, help="stop a sample when its text contains one of these strings (cut there)")
-    num_samples: int = setting(1, metavar="N", help="samples per prompt")
+    num_samples: int = setting(1, metavar="N", check=at_least(1), help="samples per prompt")
     seed: int | None = setting(None, help="random seed for sampling (default: a fresh one, reported with --json)")
 
     def check(self) -> None:
-        """One-line errors for values out of range or sampling knobs without --sample."""
-        if self.max_new_tokens < 1:
-            raise PretuneError(f"--max-new-tokens must be at least 1, got {self.max_new_tokens}")
-        if self.num_samples < 1:
-            raise PretuneError(f"--num-samples must be at least 1, got {self.num_samples}")
-        if self.temperature <= 0:
-            raise PretuneError(f"--temperature must be > 0, got {self.temperature} (greedy decoding is the default without --sample)")
-        if self.top_k < 0 or not 0 < self.top_p <= 1:
-            raise PretuneError(f"--top-k must be >= 0 and --top-p in (0, 1], got {self.top_k} and {self.top_p}")
-        if self.repetition_penalty <= 0:
-            raise PretuneError(f"--repetition-penalty must be > 0, got {self.repetition_penalty}")
+        """One-line errors for what the declared ranges (``check=``, :func:`pretune.settings.check_ranges`)
+        cannot say: sampling knobs without --sample, empty stop strings."""
+        check_ranges(self)
         if not self.sample and (self.temperature != 1.0 or self.top_k or self.top_p != 1.0):
             raise PretuneError("--temperature, --top-k and --top-p shape sampling: add --sample (greedy decoding ignores them)")
         if self.stop is not None and any(not s for s in self.stop):
@@ -69,7 +61,7 @@ class LMRuntime(Runtime):
         factory=dict, flag="--token-role", metavar="ROLE=TOKEN", parse=parse_roles,
         help="the token of a special role when the tokenizer's config does not say (pad, unk, cls, sep, mask, "
         "bos, eos), e.g. --token-role eos=</s> mask=<mask>")
-    batch_size: int = setting(8, help="sequences per forward pass")
+    batch_size: int = setting(8, check=at_least(1), help="sequences per forward pass")
 
 
 __all__ = ["LMRuntime", "SamplingSettings", "parse_roles"]

@@ -91,7 +91,7 @@ class FeatureSet:
         if self.truncated:
             first = f" (first: {self.truncated_sources[0]})" if self.truncated_sources else ""
             warnings.warn(
-                f"{self.truncated} of {self.n_examples} {what} were longer than {setting} allows "
+                f"{self.truncated:,} of {self.n_examples:,} {what} were longer than {setting} allows "
                 f"and were truncated{first}; raise {setting} or pass --no-truncate to fail instead",
                 stacklevel=2,
             )

@@ -118,7 +118,8 @@ def split_squad_by_article(examples: Sequence[QAExample], dev_fraction: float, s
     for e in examples:
         counts[e.title] = counts.get(e.title, 0) + 1
     if len(counts) < 2:
-        raise PretuneError(f"cannot split by article: only {len(counts)} article title(s); need two or more")
+        raise PretuneError(f"--validation-split: QA is split by article, and the file has only {len(counts)} article "
+                           f"title(s); give --validation FILE instead")
     titles = sorted(counts)
     random.Random(seed).shuffle(titles)
     dev_titles: set[str] = set()

@@ -8,7 +8,8 @@ checkpoint by the task's main metric (with optional early stopping), and writes
 
 The run directory is a normal model directory (config.json with a ``task`` entry,
 model.safetensors, tokenizer files) holding the best checkpoint, plus ``metrics.jsonl``,
-``loss.png``, ``eval_results.json`` and the trainer's ``checkpoints/`` (for ``--resume``).
+``loss.png``, ``eval_results.json``; the trainer's ``checkpoints/`` (for ``--resume``) are deleted
+after a successful run unless ``--keep-checkpoints``.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import shutil
 import time
 import warnings
 from collections.abc import Sequence
@@ -51,7 +53,8 @@ from pretune.train.distributed import (
 from pretune.train.rundir import prepare_out, saved_settings
 from pretune.train.settings import FinetuneSettings
 from pretune.train.surgery import freeze_layers, resize_vocab, transfer_layers
-from pretune.train.trainer import TrainConfig, Trainer, param_groups, seed_everything
+from pretune.train.trainer import CHECKPOINTS, TrainConfig, Trainer, param_groups, seed_everything
+from pretune.validate import finetune_settings
 
 RESULTS = "eval_results.json"
 BEST_STATE = "best.json"
@@ -175,6 +178,7 @@ class FinetuneRun:
     """
 
     def __init__(self, s: FinetuneSettings) -> None:
+        finetune_settings(s)  # before any work: ranges, files, --out, lengths, layers, memory
         self.started = time.perf_counter()
         self.settings = s
         self.dist = init_distributed(s.trainer.device)
@@ -321,6 +325,8 @@ class FinetuneRun:
         table = _metrics_table(results)
         write_text(self.out / "eval_results.txt", table + "\n")
         print(table)
+        if not self.settings.keep_checkpoints:  # the best model is saved; the optimizer state is only for --resume
+            shutil.rmtree(self.out / CHECKPOINTS, ignore_errors=True)
         return summary
 
     def _score_best(self) -> dict[str, dict[str, float | None]]:

@@ -31,6 +31,7 @@ from pretune.train.distributed import Dist, all_sum, check_global_batch, init_di
 from pretune.train.rundir import prepare_out, saved_settings
 from pretune.train.settings import PretrainSettings
 from pretune.train.trainer import TrainConfig, Trainer, seed_everything
+from pretune.validate import pretrain_settings
 
 
 def build(s: PretrainSettings) -> tuple[nn.Module, Tokenizer]:
@@ -122,6 +123,7 @@ def _streams(s: PretrainSettings, family: str, corpus: PreparedCorpus, tokenizer
 
 def pretrain(s: PretrainSettings) -> dict[str, Any]:
     """Run pretraining; returns the summary also written to ``pretrain_results.json``."""
+    pretrain_settings(s)  # before any work: ranges, files, --out, lengths, memory
     run = s.trainer
     d = init_distributed(run.device)
     out = Path(s.out)

@@ -8,11 +8,12 @@ settings live beside it (``pretrain.py``, ``finetune.py``, :mod:`pretune.inferen
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
 from pretune.errors import PretuneError
-from pretune.settings import nested, setting
+from pretune.settings import at_least, between, nested, positive, setting
 
 Precision = Literal["auto", "fp32", "bf16"]
 Schedule = Literal["linear", "cosine", "constant"]
@@ -39,11 +40,16 @@ def model_overrides() -> Any:
                    help="model config overrides, e.g. --set dropout=0.2 hidden=256 (shapes only for a preset)")
 
 
+def device_name(value: str) -> str | None:
+    """A ``--device`` value torch knows (a check for :func:`setting`)."""
+    return None if re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", value) else "must be auto, cpu, cuda or cuda:N"
+
+
 @dataclass
 class Runtime:
     """Where and how a model runs."""
 
-    device: str = setting("auto", help="auto, cpu, cuda or cuda:N")
+    device: str = setting("auto", check=device_name, help="auto, cpu, cuda or cuda:N")
     precision: Precision = setting(
         "auto", help="auto: bf16 autocast where this machine computes it faster (CUDA; a CPU with AMX or "
         "AVX512-BF16 that measures faster), else fp32")
@@ -54,26 +60,26 @@ class Runtime:
 class TrainSettings(Runtime):
     """The optimisation and the run's bookkeeping (the trainer's settings)."""
 
-    lr: float = setting(1e-4, help="peak learning rate (the pretrained body's, when fine-tuning)")
-    warmup_steps: int = setting(100, help="steps of linear warm-up")
+    lr: float = setting(1e-4, check=positive, help="peak learning rate (the pretrained body's, when fine-tuning)")
+    warmup_steps: int = setting(100, check=at_least(0), help="steps of linear warm-up")
     schedule: Schedule | None = setting(None, help="decay after warm-up: linear, cosine or constant "
                                         "(default: linear; cosine for GPT pretraining, as in GPT-1)")
-    weight_decay: float = setting(0.01, help="AdamW's decoupled weight decay (not on biases, LayerNorm, positions)")
-    grad_clip: float = setting(1.0, help="clip the global gradient norm to this (0: off)")
-    grad_accum: int = setting(1, help="micro-batches per optimizer step (the batch is per micro-batch)")
-    log_every: int = setting(10, help="log loss and speed every K steps")
-    eval_every: int = setting(0, help="evaluate on held-out data every K steps (0: at the end)")
-    save_every: int = setting(0, help="checkpoint every K steps (0: only at the end)")
-    keep_last: int = setting(2, help="checkpoints to keep (at least 1)")
+    weight_decay: float = setting(0.01, check=at_least(0), help="AdamW's decoupled weight decay (not on biases, LayerNorm, positions)")
+    grad_clip: float = setting(1.0, check=at_least(0), help="clip the global gradient norm to this (0: off)")
+    grad_accum: int = setting(1, check=at_least(1), help="micro-batches per optimizer step (the batch is per micro-batch)")
+    log_every: int = setting(10, check=at_least(1), help="log loss and speed every K steps")
+    eval_every: int = setting(0, check=at_least(0), help="evaluate on held-out data every K steps (0: at the end)")
+    save_every: int = setting(0, check=at_least(0), help="checkpoint every K steps (0: only at the end)")
+    keep_last: int = setting(2, check=at_least(1), help="checkpoints to keep (at least 1)")
     seed: int = setting(0, help="random seed (data order, masking, initialisation, dropout)")
     compile: bool = setting(False, help="torch.compile the model")
     fsdp: bool = setting(False, help="under torchrun: shard the model with FSDP2 instead of replicating it (DDP)")
     time_budget_s: float = setting(0.0, flag="--time-budget", metavar="SECONDS",
-                                   help="stop after this many seconds of training; the learning rate decays to zero by then")
+                                   check=at_least(0), help="stop after this many seconds of training; the learning rate decays to zero by then")
     resume: bool = setting(False, help=(
         "continue the run in --out from its newest complete checkpoint, with the same settings except these, "
         "which may change: --max-steps, --eval-batches, --workers, --cache-dir (pretrain); --epochs, --patience, "
-        "--eval-batch-size, --test (finetune); --log-every, --eval-every, --save-every, --keep-last, "
+        "--eval-batch-size, --test, --keep-checkpoints (finetune); --log-every, --eval-every, --save-every, --keep-last, "
         "--time-budget, --device, --compile, --fsdp, --no-progress (the number of processes may change too)"))
     overwrite: bool = setting(False, help="start afresh in an --out that holds another run (its checkpoints and logs are deleted)")
 
@@ -92,10 +98,10 @@ class MaskingSettings:
     whole_word_mask: bool = setting(False, help="BERT: mask whole words (WordPiece ## pieces, Korean eojeol)")
     dynamic_masking: bool = setting(True, flag="--static-masking", negate=True,
                                     help="BERT: fix masks at creation (--dupe-factor copies) instead of redrawing them every epoch")
-    dupe_factor: int = setting(5, help="BERT static masking: copies of the data with different masks")
-    mask_prob: float = setting(0.15, help="BERT: fraction of tokens to predict (80%% [MASK], 10%% random, 10%% kept)")
-    max_predictions: int | None = setting(None, help="BERT: cap on masked tokens per sequence (default: ceil(mask-prob x seq-len))")
-    short_seq_prob: float = setting(0.1, help="BERT: fraction of documents cut to a random shorter target length")
+    dupe_factor: int = setting(5, check=at_least(1), help="BERT static masking: copies of the data with different masks")
+    mask_prob: float = setting(0.15, check=between(0, 1, low_open=True, high_open=True), help="BERT: fraction of tokens to predict (80%% [MASK], 10%% random, 10%% kept)")
+    max_predictions: int | None = setting(None, check=at_least(1), help="BERT: cap on masked tokens per sequence (default: ceil(mask-prob x seq-len))")
+    short_seq_prob: float = setting(0.1, check=between(0, 1), help="BERT: fraction of documents cut to a random shorter target length")
 
 
 @dataclass
@@ -107,16 +113,16 @@ class PretrainSettings:
     data: list[str] | None = setting(None, metavar="FILE",
                                      help=".txt/.txt.gz/.jsonl files; BERT: one sentence per line, a blank line between documents")
     out: str | None = setting(None, help="run directory (becomes a model directory)")
-    max_steps: int = setting(1000, help="optimizer steps")
-    batch_size: int = setting(32, help="global batch: sequences per optimizer micro-step, over all processes")
-    seq_len: int = setting(128, help="tokens per sequence")
-    eval_batches: int = setting(20, help="held-out batches per evaluation")
+    max_steps: int = setting(1000, check=at_least(1), help="optimizer steps")
+    batch_size: int = setting(32, check=at_least(1), help="global batch: sequences per optimizer micro-step, over all processes")
+    seq_len: int = setting(128, check=at_least(2), help="tokens per sequence")
+    eval_batches: int = setting(20, check=at_least(1), help="held-out batches per evaluation")
     output_bias: Literal["unigram", "zero"] = setting(
         "unigram", help="fresh BERT: start the MLM output bias at the corpus's log unigram frequencies, or at zero")
-    val_fraction: float = setting(0.01, help="fraction of documents held out for evaluation")
+    val_fraction: float = setting(0.01, check=between(0, 1, high_open=True), help="fraction of documents held out for evaluation")
     skip_bad_lines: bool = setting(False, help="skip non-UTF-8 lines (counted) instead of failing")
     cache_dir: str | None = setting(None, help="where token shards are cached (default: OUT/data-cache)")
-    workers: int | None = setting(None, help="processes for tokenization (default: the CPU count, at most 8)")
+    workers: int | None = setting(None, check=at_least(0), help="processes for tokenization (default: the CPU count, at most 8)")
     overrides: dict[str, Any] = model_overrides()
     masking: MaskingSettings = nested(MaskingSettings)
     trainer: TrainSettings = nested(TrainSettings)
@@ -128,9 +134,9 @@ class PretrainSettings:
 class Inputs:
     """How a task's examples become model inputs."""
 
-    max_seq_len: int | None = setting(None, help="tokens per sequence, special tokens included (default: the model's maximum)")
+    max_seq_len: int | None = setting(None, check=at_least(1), help="tokens per sequence, special tokens included (default: the model's maximum)")
     no_truncate: bool = setting(False, help="fail on a too-long input instead of truncating (and counting) it")
-    limit: int | None = setting(None, metavar="N", help="use only the first N examples of each file (quick runs)")
+    limit: int | None = setting(None, metavar="N", check=at_least(1), help="use only the first N examples of each file (quick runs)")
 
 
 @dataclass
@@ -168,31 +174,33 @@ class FinetuneSettings(Inputs):
     train: str | None = setting(None, help="training file (TSV/CSV/JSONL, SQuAD JSON, CoNLL)")
     validation: str | None = setting(None, help="validation file (evaluated after every epoch)")
     validation_split: float | None = setting(None, metavar="FRACTION",
-                                             help="hold out this fraction of --train for validation instead (QA: by article)")
+                                             check=between(0, 1, low_open=True, high_open=True), help="hold out this fraction of --train for validation instead (QA: by article)")
     test: str | None = setting(None, help="test file, scored once with the best checkpoint")
     out: str | None = setting(None, help="run directory: the best fine-tuned model and its results")
-    epochs: float = setting(3.0, help="passes over the training data")
-    batch_size: int = setting(32, help="examples per optimizer micro-step, over all processes")
-    eval_batch_size: int | None = setting(None, help="examples per evaluation batch (default: twice --batch-size)")
-    head_lr: float | None = setting(None, help="learning rate of the new layers (the task head; default: --lr)")
-    layer_decay: float | None = setting(None, help="layer-wise learning-rate decay: layer l from the top gets lr x decay^l")
-    freeze_layers: int = setting(0, metavar="K", help="freeze the embeddings and the first K layers")
+    epochs: float = setting(3.0, check=positive, help="passes over the training data")
+    batch_size: int = setting(32, check=at_least(1), help="examples per optimizer micro-step, over all processes")
+    eval_batch_size: int | None = setting(None, check=at_least(1), help="examples per evaluation batch (default: twice --batch-size)")
+    head_lr: float | None = setting(None, check=positive, help="learning rate of the new layers (the task head; default: --lr)")
+    layer_decay: float | None = setting(None, check=between(0, 1, low_open=True), help="layer-wise learning-rate decay: layer l from the top gets lr x decay^l")
+    freeze_layers: int = setting(0, metavar="K", check=at_least(0), help="freeze the embeddings and the first K layers")
     transfer_layers: int | None = setting(None, metavar="K",
-                                          help="keep the first K pretrained layers, re-initialise the rest (GPT-1's analysis)")
-    warmup_ratio: float = setting(0.1, help="fraction of the steps spent warming up")
-    lm_coef: float | None = setting(None, help="GPT: weight of the auxiliary LM loss (default 0.5; 0: off); BERT: ignored")
+                                          check=at_least(0), help="keep the first K pretrained layers, re-initialise the rest (GPT-1's analysis)")
+    warmup_ratio: float = setting(0.1, check=between(0, 1), help="fraction of the steps spent warming up")
+    lm_coef: float | None = setting(None, check=at_least(0), help="GPT: weight of the auxiliary LM loss (default 0.5; 0: off); BERT: ignored")
     pair_mode: Literal["auto", "entailment", "similarity"] = setting(
         "auto", help="GPT sentence pairs: one ordered sequence, or both orderings added (auto: the recipe's)")
-    patience: int = setting(0, help="stop after K evaluations without improvement (0: never)")
+    patience: int = setting(0, check=at_least(0), help="stop after K evaluations without improvement (0: never)")
     group_by_length: bool = setting(False, help="batch examples of similar length (less padding)")
-    doc_stride: int = setting(128, help="QA: tokens between the starts of context windows")
-    max_query_len: int = setting(64, help="QA: question tokens kept")
-    max_answer_len: int = setting(30, help="QA: longest answer span, in tokens")
+    doc_stride: int = setting(128, check=at_least(1), help="QA: tokens between the starts of context windows")
+    max_query_len: int = setting(64, check=at_least(1), help="QA: question tokens kept")
+    max_answer_len: int = setting(30, check=at_least(1), help="QA: longest answer span, in tokens")
+    keep_checkpoints: bool = setting(False, help="keep the optimizer checkpoints (OUT/checkpoints, several times the model's "
+                                     "size) after a successful run, to continue it with --resume; by default they are deleted")
     overrides: dict[str, Any] = model_overrides()
     columns: Columns = nested(Columns)
     trainer: TrainSettings = nested(_finetune_trainer, exclude=("warmup_steps", "eval_every", "save_every", "time_budget_s"))
 
-    resume_may_change: ClassVar[tuple[str, ...]] = ("epochs", "patience", "eval_batch_size", "test")
+    resume_may_change: ClassVar[tuple[str, ...]] = ("epochs", "patience", "eval_batch_size", "test", "keep_checkpoints")
 
 
 @dataclass
@@ -202,12 +210,14 @@ class EvaluateSettings(Inputs, Runtime):
     model: str | None = setting(None, help="fine-tuned model directory")
     task: str | None = setting(None, help=TASK_HELP + " (default: the one the model was fine-tuned on)")
     data: str | None = setting(None, help="input file in the task's layout")
-    out: str | None = setting(None, help="file to write")
-    batch_size: int = setting(64, help="examples per batch")
+    out: str | None = setting(None, help="file to write; an existing file is replaced only with --overwrite, and never an "
+                              "input (--data, the model's own files)")
+    overwrite: bool = setting(False, help="replace the --out file if it exists")
+    batch_size: int = setting(64, check=at_least(1), help="examples per batch")
     columns: Columns = nested(Columns)
 
 
 __all__ = [
     "Columns", "EvaluateSettings", "FinetuneSettings", "Inputs", "MaskingSettings", "PretrainSettings", "Runtime",
-    "TASK_HELP", "TrainSettings", "parse_overrides",
+    "TASK_HELP", "TrainSettings", "device_name", "parse_overrides",
 ]

@@ -26,6 +26,15 @@ def _lr_words(lrs: list[float]) -> str:
     return f"one run per learning rate in {', '.join(f'{x:g}' for x in lrs)}, the one with the best validation accuracy kept (column `lr`)"
 
 
+def clock_words(results: dict[str, Any]) -> str:
+    """What ``--minutes`` planned for each stage (see :mod:`pretune.apps.demo.clock`)."""
+    c = results.get("clock", {})
+    parts = [f"`--minutes {c['minutes']:g}`"] if "minutes" in c else []
+    parts += [f"{what} {c[key]:.0f} s" for key, what in (("setup_s", "set-up took"), ("finetune_s", "fine-tuning planned"),
+                                                          ("pretrain_s", "pretraining given")) if key in c]
+    return ", ".join(parts) if parts else "no clock"
+
+
 def runs_table(runs: list[dict[str, Any]]) -> str:
     lines = ["| model | init | labels | accuracy | lr | validation | seconds |", "|---|---|---:|---:|---:|---:|---:|"]
     lines += [f"| {r['model']} | {r['init']} | {r['labels']:,} | {r['accuracy']:.4f} | {r['lr']:g} | {r['validation']:.4f} | "
@@ -97,7 +106,8 @@ def write_report(out: Path, results: dict[str, Any]) -> Path:
     separated = emb["same_sense_mean"] > emb["cross_sense_mean"]
     text = Template(TEMPLATE.read_text(encoding="utf-8")).substitute(
         conclusion=conclusion(results), machine=results["machine"], date=results["date"],
-        total_s=f"{results['timings_s'].get('total', 0):.0f}", command=results["command"], corpus=results["corpus"],
+        total_s=f"{results['timings_s'].get('total', 0):.0f}", clock=clock_words(results), command=results["command"],
+        corpus=results["corpus"],
         budgets=", ".join(f"{n:,}" for n in s["budgets"]), validation_size=f"{s['validation_size']:,}",
         test_size=f"{results['test_size']:,}", vocab_size=f"{results['vocab_size']:,}", model=s["model"],
         layers=pre["model"]["n_layers"], hidden=pre["model"]["hidden"], heads=pre["model"]["n_heads"],
