@@ -103,7 +103,7 @@ def _cases(d: Path) -> list[dict]:
         *[_finetune(d, "bert", kind) for kind in FAMILIES],
         *[_finetune(d, "gpt", kind) for kind in FAMILIES if kind != "qa"],
         _finetune(d, "gpt", "tag", "--fsdp", "--grad-accum", "2", name="ft-gpt-tag-fsdp"),
-        _finetune(d, "gpt", "pair", name="ft-gpt-pair-resumed"),
+        _finetune(d, "gpt", "pair", "--keep-checkpoints", name="ft-gpt-pair-resumed"),  # kept: it is resumed below
         {**_finetune(d, "gpt", "pair", "--resume", "--epochs", "3", name="ft-gpt-pair-resumed"), "name": "ft-resume"},
         _finetune(d, "bert", "mc", "--fsdp", name="ft-bert-mc-fsdp"),
         {"name": "unused", "python": "unused_parameter"},

@@ -402,7 +402,9 @@ def test_a_kogpt2_like_checkpoint_generates_with_its_sentencepiece_tokenizer(tmp
     import tokenizers
     from tokenizers import decoders, models, pre_tokenizers, trainers
 
-    senses = Path(__file__).resolve().parents[1] / "src" / "pretune" / "apps" / "demo" / "senses_nun_ko.tsv"
+    from pretune.senses import SENSE_SETS
+
+    senses = SENSE_SETS["nun-ko"][1]
     lines = [line.split("\t")[1] for line in senses.read_text(encoding="utf-8").splitlines() if "\t" in line]
     backend = tokenizers.Tokenizer(models.Unigram())
     backend.pre_tokenizer = pre_tokenizers.Metaspace()

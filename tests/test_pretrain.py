@@ -197,4 +197,4 @@ def test_a_run_directory_needs_resume_or_overwrite(english, tmp_path: Path, caps
     assert [p.name for p in (out / "checkpoints").iterdir()] == ["step-1"] and (out / "data-cache").is_dir()
     err = _error([*base[:8], str(tmp_path / "fresh"), *base[9:], "--resume"], capsys)
     assert "no complete checkpoint" in err
-    assert "is, contains or lies inside the input" in _error([*base[:8], str(tok), *base[9:], "--overwrite"], capsys)
+    assert f"--out {tok}: is the input {tok}; choose another directory" in _error([*base[:8], str(tok), *base[9:], "--overwrite"], capsys)

@@ -18,11 +18,10 @@ from pretune.cli import main
 from pretune.config import preset
 from pretune.errors import PretuneError
 from pretune.models import build_model
-from pretune.senses import chance_accuracy, layer_scores, read_senses, sense_probe
+from pretune.senses import SENSE_SETS, chance_accuracy, layer_scores, read_senses, sense_probe
 from pretune.tokenizer import train_tokenizer
 
-DEMO = Path(__file__).resolve().parents[1] / "src" / "pretune" / "apps" / "demo"
-BANK = DEMO / "senses_bank_en.tsv"
+BANK = SENSE_SETS["bank-en"][1]
 NSMC = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "nsmc"
 
 
@@ -80,16 +79,33 @@ def korean_bert(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_senses_command_writes_json_and_plots(korean_bert: Path, tmp_path: Path, capsys) -> None:
+    """The command's JSON is the library's probe of the same model (and of its untrained twin), and
+    the bundled set's name reads the same file with its own word."""
+    from pretune.senses import untrained_twin
+
     out = tmp_path / "probe"
     assert main(["senses", "--model", str(korean_bert), "--data", str(SENSES_DATA), "--word", SENSE_WORD,
                  "--untrained", "--out", str(out)]) == 0
     saved = json.loads((out / "senses.json").read_text())
-    assert set(saved) >= {"model", "untrained"} and len(saved["model"]["layers"]) == 3  # embeddings + 2 blocks
-    assert all(0 <= x["nn_accuracy"] <= 1 for x in saved["model"]["layers"])
+    loaded = load_model(korean_bert)
+    model = loaded.model.eval()
+    rows = read_senses(SENSES_DATA)
+    expected = {"model": sense_probe(model, loaded.tokenizer, rows, SENSE_WORD),
+                "untrained": sense_probe(untrained_twin(model, 0), loaded.tokenizer, rows, SENSE_WORD)}
+    assert len(saved["model"]["layers"]) == 3  # embeddings + 2 blocks
+    for name in ("model", "untrained"):
+        assert len(saved[name]["layers"]) == len(expected[name]["layers"])
+        for got, want in zip(saved[name]["layers"], expected[name]["layers"]):
+            assert got == pytest.approx(want, abs=1e-6)
+    assert saved["word"] == SENSE_WORD and saved["data"] == str(SENSES_DATA)
     for name in ("senses_accuracy.png", "senses_cosine.png"):
-        assert (out / name).stat().st_size > 0
-    table = capsys.readouterr().out
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    printed = capsys.readouterr().out
+    table = printed[: printed.index("wrote ")]
+    assert printed[len(table):] == f"wrote {out / 'senses.json'}, {out / 'senses_accuracy.png'}, {out / 'senses_cosine.png'}\n"
     assert table.startswith("| layer | model: NN acc |") and table.count("\n| ") == 3  # a row per layer
+    assert main(["senses", "--model", str(korean_bert), "--data", "nun-ko", "--untrained"]) == 0
+    assert capsys.readouterr().out == table
     assert main(["senses", "--model", str(korean_bert), "--data", str(SENSES_DATA), "--word", "비"]) == 2
     assert "--word '비' does not occur" in capsys.readouterr().err
 

@@ -89,7 +89,7 @@ def readme_commands(readme: Path = README) -> list[Command]:
 
 
 def _skip_reason(line: str) -> str:
-    if line.startswith("make "):
+    if line.startswith("make ") or line == ACTIVATE:
         return "the set-up itself (run before the walkthrough)"
     if " ... " in f" {line} ":
         return "a placeholder (...) for the command above"

@@ -27,6 +27,21 @@ import torch.nn.functional as F
 from pretune.errors import PretuneError
 from pretune.io import read_utf8
 
+# Sentence sets that ship with pretune (`pretune senses --data NAME`): name -> (word, file)
+SENSE_SETS = {
+    "nun-ko": ("눈", Path(__file__).parent / "data" / "senses" / "nun_ko.tsv"),  # 24 snow, 24 eye
+    "bank-en": ("bank", Path(__file__).parent / "data" / "senses" / "bank_en.tsv"),  # 24 river, 24 money
+}
+
+
+def sense_set(data: str | Path, word: str | None) -> tuple[Path, str | None]:
+    """The file and word of ``--data``: a bundled set's name (:data:`SENSE_SETS`; its word unless
+    ``word`` is given) or a path (``word`` as given)."""
+    if str(data) in SENSE_SETS and not Path(data).exists():
+        known_word, path = SENSE_SETS[str(data)]
+        return path, word or known_word
+    return Path(data), word
+
 
 def read_senses(path: str | Path) -> list[tuple[str, str]]:
     """``(sense, sentence)`` rows of a UTF-8 file (blank lines and ``#`` comments skipped); at least
@@ -138,4 +153,7 @@ def probe_table(probes: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["chance_accuracy", "layer_scores", "plot_probes", "probe_table", "read_senses", "sense_probe", "untrained_twin", "word_vectors"]
+__all__ = [
+    "SENSE_SETS", "chance_accuracy", "layer_scores", "plot_probes", "probe_table", "read_senses", "sense_probe",
+    "sense_set", "untrained_twin", "word_vectors",
+]

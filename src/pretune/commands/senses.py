@@ -13,8 +13,9 @@ from pretune.train.settings import Runtime
 @dataclass
 class SensesSettings(Runtime):
     model: str | None = setting(None, help="pretune or Hugging Face model directory")
-    data: str | None = setting(None, metavar="FILE", help="sense<TAB>sentence rows (# comments and blank lines skipped)")
-    word: str | None = setting(None, help="the word whose senses the sentences use")
+    data: str | None = setting(None, metavar="FILE", help="sense<TAB>sentence rows (# comments and blank lines skipped), "
+                               "or a set that ships with pretune: nun-ko (눈: snow, eye), bank-en (bank: river, money)")
+    word: str | None = setting(None, help="the word whose senses the sentences use (a bundled set knows its own)")
     untrained: bool = setting(False, help="also probe a freshly initialised model of the same config (the baseline)")
     seed: int = setting(0, help="initialisation seed of the untrained model")
     out: str | None = setting(None, metavar="DIR", help="write senses.json and the plots (senses_accuracy.png, senses_cosine.png) "
@@ -33,17 +34,19 @@ def run(s: SensesSettings) -> int:
     from pretune.errors import PretuneError
     from pretune.io import write_json
     from pretune.precision import autocast, resolve_precision
-    from pretune.senses import plot_probes, probe_table, read_senses, sense_probe, untrained_twin
+    from pretune.senses import plot_probes, probe_table, read_senses, sense_probe, sense_set, untrained_twin
     from pretune.train.distributed import resolve_device
 
-    require(s, "model", "data", "word")
+    require(s, "model", "data")
+    data, s.word = sense_set(s.data, s.word)
+    require(s, "word")
     if s.out:
         from pretune.checkpoint import model_source
         from pretune.io import check_out
 
         source = model_source(s.model)
-        check_out(s.out, inputs=(s.data, *([source.path] if source.path is not None else [])), overwrite=s.overwrite)
-    rows = read_senses(s.data)
+        check_out(s.out, inputs=(data, *([source.path] if source.path is not None else [])), overwrite=s.overwrite)
+    rows = read_senses(data)
     loaded = load_model(s.model)
     if loaded.tokenizer is None:
         raise PretuneError(f"--model {s.model}: no tokenizer files (tokenizer.json, vocab.txt or vocab.json)")
@@ -55,7 +58,7 @@ def run(s: SensesSettings) -> int:
     print(probe_table(probes))
     if s.out:
         out = Path(s.out)
-        write_json(out / "senses.json", {"model": s.model, "data": s.data, **probes})
+        write_json(out / "senses.json", {"model": s.model, "data": str(data), "word": s.word, **probes})
         pngs = plot_probes(probes, out)
         print(f"wrote {out / 'senses.json'}, {', '.join(str(p) for p in pngs)}")
     return 0

@@ -15,12 +15,11 @@ from pretune.apps.demo.settings import DemoSettings
 from pretune.apps.demo.stages import finetune_stage
 from pretune.checkpoint import load_model
 from pretune.report import plot_lines, read_metrics
-from pretune.senses import plot_probes, read_senses, sense_probe, untrained_twin
+from pretune.senses import SENSE_SETS, plot_probes, read_senses, sense_probe, untrained_twin
 from pretune.train.trainer import checkpoint_dirs
 
 # The sense probe's sentences: 24 uses of "눈" as snow and 24 as eye (see the file's header).
-SENSES_DATA = Path(__file__).with_name("senses_nun_ko.tsv")
-SENSE_WORD = "눈"
+SENSE_WORD, SENSES_DATA = SENSE_SETS["nun-ko"]
 
 # Senses of "눈" for the contextual-embedding example: snow and eye.
 SNOW = ["눈이 와서 너무 좋다", "밤새 눈이 내려 길이 하얗다", "겨울에는 눈이 많이 온다"]

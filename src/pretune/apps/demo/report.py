@@ -83,7 +83,7 @@ def senses_section(emb: dict[str, Any]) -> str:
         f"embeddings: the token and its position, nearly static). Pretrained: best layer {best['layer']} at "
         f"**{best['nn_accuracy']:.2f}**, layer 0 at {pre[0]['nn_accuracy']:.2f}; the untrained twin (same shape, fresh "
         f"weights) reaches {max(x['nn_accuracy'] for x in twin[1:]):.2f} at its best layer. "
-        f"The sentences are `src/pretune/apps/demo/senses_nun_ko.tsv`.\n\n"
+        f"The sentences are `src/pretune/data/senses/nun_ko.tsv` (`pretune senses --data nun-ko`).\n\n"
         f"{probe_table(probes)}\n\n![sense accuracy by layer](senses_accuracy.png) ![cosine by layer](senses_cosine.png)\n"
     )
 
