@@ -124,10 +124,12 @@ def _scratch_first(twins: list[Twin], splits: dict[str, Any], out: Path, s: Demo
     copies = len(twins) * len(s.finetune_lrs)  # per initialisation
     full_s = 2 * copies * sum(PRIOR.seconds(n, e, s.validation_size, splits["test_size"]) for n, e in wanted.items())
     pretrain_s = (s.pretrain_seconds + PRETRAIN_OVERHEAD_S) * len(twins) if s.pretrain_seconds else 0.0
-    budget = (clock.left() - PROBES_S - pretrain_s) if s.pretrain_seconds else min(full_s, FINETUNE_SHARE * (clock.left() - PROBES_S))
+    # at most FINETUNE_SHARE of the time left: epochs are scaled down only when the runs, as measured,
+    # would take more (not when they are slower than the prior: it is only the first run's guess)
+    budget = (clock.left() - PROBES_S - pretrain_s) if s.pretrain_seconds else FINETUNE_SHARE * (clock.left() - PROBES_S)
     least_s = fit_epochs(wanted, 2 * copies, 0.0, PRIOR, s.validation_size, splits["test_size"])[1]
-    clock.say("finetune_s", round(max(budget, least_s)), f"fine-tuning: {2 * copies * len(wanted)} runs, about "
-              + (f"{budget:.0f} s (at full epochs {full_s:.0f} s)" if budget >= least_s else
+    clock.say("finetune_s", round(max(budget, least_s)), f"fine-tuning: {2 * copies * len(wanted)} runs, at most "
+              + (f"{budget:.0f} s (at full epochs about {full_s:.0f} s on an idle machine)" if budget >= least_s else
                  f"{least_s:.0f} s at one epoch per label budget, the least it can take"))
     runs: list[dict[str, Any]] = []
     epochs: dict[int, float] = {}
