@@ -80,9 +80,9 @@ def senses_section(emb: dict[str, Any]) -> str:
         f"\n### The sense probe: \"{probes['pretrained']['word']}\" in {n} sentences\n"
         f"Leave-one-out nearest-neighbour sense accuracy of the word's vector (chance {chance:.2f}: the nearest other "
         f"sentence is of the same sense) and the mean cosine of same- and cross-sense pairs, at every layer (0 = "
-        f"embeddings: the token and its position, nearly static). Pretrained: best layer {best['layer']} at "
+        f"embeddings: the token and its position, nearly static). Pretrained: best transformer layer {best['layer']} at "
         f"**{best['nn_accuracy']:.2f}**, layer 0 at {pre[0]['nn_accuracy']:.2f}; the untrained twin (same shape, fresh "
-        f"weights) reaches {max(x['nn_accuracy'] for x in twin[1:]):.2f} at its best layer. "
+        f"weights) reaches {max(x['nn_accuracy'] for x in twin[1:]):.2f} at its best transformer layer. "
         f"The sentences are `src/pretune/data/senses/nun_ko.tsv` (`pretune senses --data nun-ko`).\n\n"
         f"{probe_table(probes)}\n\n![sense accuracy by layer](senses_accuracy.png) ![cosine by layer](senses_cosine.png)\n"
     )
