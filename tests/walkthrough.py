@@ -94,7 +94,7 @@ def _skip_reason(line: str) -> str:
     if " ... " in f" {line} ":
         return "a placeholder (...) for the command above"
     if line.startswith("torchrun"):
-        return "several processes or machines (checked: it parses; tests/test_pretrain.py runs torchrun on 2 CPU processes)"
+        return "several processes or machines (checked: it parses; tests/test_distributed.py runs every training path under torchrun on 2 CPU processes)"
     if "ner_train.conll" in line:
         return "your own CoNLL file (no NER data in ../shared/data)"
     return ""
