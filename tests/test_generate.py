@@ -395,25 +395,32 @@ def test_a_tokenizer_larger_than_the_model_is_refused_naming_both_sizes(gpt_dir:
         load_model(small)
 
 
+def _kogpt2_like(root: Path, pad_rows: int = 13) -> tuple[Path, int]:
+    """A GPT2LMHeadModel with a Unigram (SentencePiece-style, Metaspace) tokenizer.json holding
+    <unk> <pad> </s>, its embedding table padded past the tokenizer's size (KoGPT2's layout)."""
+    import tokenizers
+    from tokenizers import decoders, models, pre_tokenizers, trainers
+
+    from pretune.senses import SENSE_SETS, read_senses
+
+    backend = tokenizers.Tokenizer(models.Unigram())
+    backend.pre_tokenizer = pre_tokenizers.Metaspace()
+    backend.decoder = decoders.Metaspace()
+    backend.train_from_iterator([t for _, t in read_senses(SENSE_SETS["nun-ko"][1])], trainers.UnigramTrainer(
+        vocab_size=400, special_tokens=["<unk>", "<pad>", "</s>"], unk_token="<unk>", show_progress=False))
+    path, _ = tiny_hf_lm(root, "gpt2", vocab=backend.get_vocab_size() + pad_rows)
+    backend.save(str(path / "tokenizer.json"))
+    return path, backend.get_vocab_size()
+
+
 def test_a_kogpt2_like_checkpoint_generates_with_its_sentencepiece_tokenizer(tmp_path: Path, capsys) -> None:
     """A GPT2LMHeadModel whose embedding table is larger than its Unigram (SentencePiece-style)
     tokenizer.json, and whose tokenizer names no roles: </s> ends a text by its name, and the
     caller says it opens one too (KoGPT2's practice)."""
     import tokenizers
-    from tokenizers import decoders, models, pre_tokenizers, trainers
 
-    from pretune.senses import SENSE_SETS
-
-    senses = SENSE_SETS["nun-ko"][1]
-    lines = [line.split("\t")[1] for line in senses.read_text(encoding="utf-8").splitlines() if "\t" in line]
-    backend = tokenizers.Tokenizer(models.Unigram())
-    backend.pre_tokenizer = pre_tokenizers.Metaspace()
-    backend.decoder = decoders.Metaspace()
-    backend.train_from_iterator(lines, trainers.UnigramTrainer(vocab_size=400, special_tokens=["<unk>", "<pad>", "</s>"],
-                                                               unk_token="<unk>", show_progress=False))
-    n = backend.get_vocab_size()
-    path, _ = tiny_hf_lm(tmp_path / "kogpt2", "gpt2", vocab=n + 13)  # padded past the tokenizer's size
-    backend.save(str(path / "tokenizer.json"))
+    path, n = _kogpt2_like(tmp_path / "kogpt2")  # padded past the tokenizer's size
+    backend = tokenizers.Tokenizer.from_file(str(path / "tokenizer.json"))
     args = ["generate", "--model", str(path), "--max-new-tokens", "5", "--sample", "--seed", "0", "--num-samples", "3", "--json"]
     assert main([*args, "--token-role", "bos=</s>", "--", ""]) == 0  # an empty prompt starts from bos
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
@@ -424,6 +431,53 @@ def test_a_kogpt2_like_checkpoint_generates_with_its_sentencepiece_tokenizer(tmp
     tok = Tokenizer.load(tmp_path / "ours")
     assert tok.kind == "unigram" and tok.eos_id == backend.token_to_id("</s>") and tok.pad_id == backend.token_to_id("<pad>")
     assert load_model(tmp_path / "ours").config.vocab_size == n + 13
+
+
+def test_a_kogpt2_like_checkpoint_fine_tunes_with_gpt1_input_transformations(tmp_path: Path) -> None:
+    """Fine-tuning a GPT whose tokenizer is SentencePiece (Unigram): only GPT-1's start, delim and
+    extract tokens are added (</s> and <pad> keep their roles), the examples are laid out as
+    <|start|> text <|extract|> with the text encoded as in running text, words for tagging get
+    their word-boundary marks as in the joined sentence, and the saved model evaluates to what
+    the run reported."""
+    import dataclasses
+
+    from pretune.inference import evaluate, predict
+    from pretune.senses import SENSE_SETS, read_senses
+    from pretune.train.finetune import FinetuneRun, finetune
+    from pretune.train.settings import FinetuneSettings
+
+    path, n = _kogpt2_like(tmp_path / "kogpt2")
+    rows = read_senses(SENSE_SETS["nun-ko"][1])
+    (tmp_path / "train.tsv").write_text("text\tlabel\n" + "".join(f"{t}\t{sense}\n" for sense, t in rows), encoding="utf-8")
+    conll = "".join("".join(f"{w}\t{'B-N' if w.startswith('눈') else 'O'}\n" for w in t.split()) + "\n" for _, t in rows)
+    (tmp_path / "tags.conll").write_text(conll, encoding="utf-8")
+
+    def run_settings(task: str, data: str, out: str) -> FinetuneSettings:
+        trainer = dataclasses.replace(FinetuneSettings().trainer, progress=False, lr=1e-3)
+        return FinetuneSettings(model=str(path), task=task, train=str(tmp_path / data), validation_split=0.25,
+                                out=str(tmp_path / out), max_seq_len=32, epochs=2, trainer=trainer)
+
+    finetune(run_settings("classification", "train.tsv", "cls"))
+    tok = Tokenizer.load(tmp_path / "cls")
+    assert tok.kind == "unigram" and tok.vocab_size == n + 3
+    assert [tok.backend.token_to_id(t) for t in ("<|start|>", "<|delim|>", "<|extract|>")] == [n, n + 1, n + 2]
+    assert tok.backend.token_to_id("<|endoftext|>") is None and tok.eos_id == tok.backend.token_to_id("</s>")
+    assert load_model(tmp_path / "cls").config.vocab_size == n + 3  # the table's padding rows are not kept
+    # the saved model: evaluate's accuracy is the share of predict's labels that match the file's
+    assert predict(tmp_path / "cls", tmp_path / "train.tsv", tmp_path / "preds.jsonl", progress=False) == len(rows)
+    predicted = [json.loads(line)["label"] for line in (tmp_path / "preds.jsonl").read_text().splitlines()]
+    by_hand = sum(p == sense for p, (sense, _) in zip(predicted, rows)) / len(rows)
+    assert evaluate(tmp_path / "cls", tmp_path / "train.tsv", progress=False)["accuracy"] == pytest.approx(by_hand)
+
+    tagging = FinetuneRun(run_settings("tagging", "tags.conll", "tag"))
+    tok = tagging.tokenizer
+    for feat in tagging.train_features.features:
+        words = tagging.train_examples[feat["example"]].tokens
+        ids = feat["input_ids"]
+        assert ids[0] == tok.start_id and ids[-1] == tok.extract_id
+        assert ids[1:-1] == tok.encode(" ".join(words))
+        bounds = [*feat["word_starts"], len(ids) - 1]
+        assert [tok.decode(ids[a:b]).strip() for a, b in zip(bounds, bounds[1:])] == words
 
 
 def test_generate_runs_under_bf16_autocast(gpt_dir: Path, capsys) -> None:

@@ -222,10 +222,13 @@ class Tokenizer:
         return missing
 
     def ensure_gpt_special_tokens(self) -> list[str]:
-        """Add whichever GPT-1 tokens (end of text, pad, start, delim, extract) are missing."""
-        if self.kind != "bpe":
-            raise PretuneError("GPT special tokens are for bpe tokenizers; this one is wordpiece")
-        return self.add_special_tokens(BPE_SPECIALS)
+        """Add whichever GPT-1 tokens are missing: start, delim, extract, and end of text and pad
+        unless a token already plays that role (KoGPT2's ``</s>`` and ``<pad>``). Byte-level BPE
+        or SentencePiece (BPE or Unigram); a WordPiece vocabulary is BERT's."""
+        if self.kind == "wordpiece":
+            raise PretuneError("GPT special tokens are for BPE or SentencePiece tokenizers; this one is wordpiece")
+        roles = {"<|endoftext|>": "eos", "<|pad|>": "pad"}
+        return self.add_special_tokens([t for t in BPE_SPECIALS if t not in roles or not self.has_role(roles[t])])
 
     # -- save / load ----------------------------------------------------------------------------
     def save(self, directory: str | Path) -> Path:

@@ -69,9 +69,11 @@ def _check_tokenizer(tokenizer: Any, family: str, spec: str) -> None:
     if tokenizer is None:
         raise PretuneError(f"--model {spec}: has no tokenizer files; pass --tokenizer DIR")
     if family == "bert" and not (tokenizer.has_role("cls") and tokenizer.has_role("sep")):
-        raise PretuneError("a BERT needs a WordPiece tokenizer with [CLS] and [SEP]")
-    if family == "gpt" and tokenizer.kind != "bpe":
-        raise PretuneError("a GPT needs a BPE tokenizer (it gets <|start|> <|delim|> <|extract|> added)")
+        raise PretuneError("a BERT needs a tokenizer whose [CLS] and [SEP] tokens are known (a WordPiece vocab.txt has "
+                           "them; name others with the tokenizer config's cls_token and sep_token)")
+    if family == "gpt" and tokenizer.kind == "wordpiece":
+        raise PretuneError("a GPT needs a BPE or SentencePiece tokenizer, not WordPiece (it gets <|start|> <|delim|> "
+                           "<|extract|> added)")
 
 
 def _same_head(saved: TaskSpec | None, spec: TaskSpec) -> bool:
@@ -87,7 +89,7 @@ def load_backbone(s: FinetuneSettings) -> tuple[Any, Any]:
     if source.fresh:
         if tokenizer is None:
             raise PretuneError("--tokenizer is required when --model is a preset or a config file")
-        if source_family(source) == "gpt" and tokenizer.kind == "bpe":
+        if source_family(source) == "gpt" and tokenizer.kind != "wordpiece":
             tokenizer.ensure_gpt_special_tokens()
         overrides["vocab_size"] = tokenizer.vocab_size
     loaded = load_model(s.model, overrides=overrides, tokenizer=tokenizer)
