@@ -263,23 +263,24 @@ def check_out_file(out: str | Path, *, inputs: tuple[str | Path, ...] = (), over
     return path
 
 
-def read_utf8(path: str | Path, flag: str) -> str:
-    """A text file an option names (``flag``, e.g. ``--data``): a missing file or one that is not
-    UTF-8 is one line naming the flag, the file and the line of the first bad byte."""
+def read_text_file(path: str | Path, *, flag: str | None = None, encoding: str = "utf-8") -> str:
+    """A text file's contents. A missing file, or one not in ``encoding``, is one line naming the
+    file (after ``flag``, the option that named it, when given) and the line of the first bad byte."""
     p = Path(path)
+    name = f"{flag} {p}" if flag else str(p)
     if not p.is_file():
-        raise PretuneError(f"{flag} {p}: no such file" + (" (it is a directory)" if p.is_dir() else ""))
+        raise PretuneError(f"{name}: file not found" + (" (it is a directory)" if p.is_dir() else ""))
     data = p.read_bytes()
     try:
-        return data.decode("utf-8")
+        return data.decode(encoding)
     except UnicodeDecodeError as exc:
         line = data[: exc.start].count(b"\n") + 1
-        raise PretuneError(f"{flag} {p}:{line}: not valid UTF-8 ({exc.reason}); convert the file to UTF-8 "
+        raise PretuneError(f"{name}:{line}: not valid {encoding} text ({exc.reason}); convert the file to UTF-8 "
                            "(e.g. iconv -f cp949 -t utf-8)") from None
 
 
 __all__ = [
-    "check_out", "check_out_file", "check_out_place", "made_dirs", "read_utf8",
+    "check_out", "check_out_file", "check_out_place", "made_dirs", "read_text_file",
     "atomic_dir", "atomic_path", "dir_mode", "file_mode", "fsync_path", "fsync_tree", "swap_dir",
     "umask_modes", "write_json", "write_text",
 ]

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from pretune.errors import PretuneError
-from pretune.io import read_utf8
+from pretune.io import read_text_file
 
 # Sentence sets that ship with pretune (`pretune senses --data NAME`): name -> (word, file)
 SENSE_SETS = {
@@ -48,7 +48,7 @@ def read_senses(path: str | Path) -> list[tuple[str, str]]:
     two senses with two sentences each."""
     path = Path(path)
     rows = []
-    for n, line in enumerate(read_utf8(path, "--data").splitlines(), 1):
+    for n, line in enumerate(read_text_file(path, flag="--data").splitlines(), 1):
         if not line.strip() or line.startswith("#"):
             continue
         sense, tab, sentence = line.partition("\t")

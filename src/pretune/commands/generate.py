@@ -36,10 +36,10 @@ def read_prompts(s: GenerateSettings) -> list[str]:
     if s.prompt and s.prompts_file:
         raise PretuneError("give prompts as arguments or with --prompts FILE, not both")
     if s.prompts_file:
-        from pretune.io import read_utf8
+        from pretune.io import read_text_file
 
         path = Path(s.prompts_file)
-        prompts = [line for line in read_utf8(path, "--prompts").splitlines() if line.strip()]
+        prompts = [line for line in read_text_file(path, flag="--prompts").splitlines() if line.strip()]
         if not prompts:
             raise PretuneError(f"--prompts {path}: no prompt in the file (every line is blank)")
         return prompts

@@ -32,19 +32,19 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(s: PerplexitySettings) -> int:
     from pretune.commands.evaluate import check_outputs
-    from pretune.io import read_utf8, write_json
+    from pretune.io import read_text_file, write_json
     from pretune.lm.common import load_trained
-    from pretune.lm.score import score_text
+    from pretune.lm.score import NothingToScore, score_text
 
     require(s, "model", "data")
     check_outputs(s, s.out)  # --data exists; --out is not an input, replaced only with --overwrite
     path = Path(s.data)
-    text = read_utf8(path, "--data")
+    text = read_text_file(path, flag="--data")
     ready = load_trained(s.model, None, roles=s.token_roles, device=s.device, precision=s.precision, verb="perplexity")
     try:
         scores = score_text(ready, text, window=s.window, stride=s.stride, batch_size=s.batch_size, progress=s.progress)
-    except PretuneError as exc:
-        raise PretuneError(f"--data {path}: {exc}" if str(exc).startswith("the text") else str(exc)) from None
+    except NothingToScore as exc:
+        raise PretuneError(f"--data {path}: {exc}") from None
     result = {"model": s.model, "data": str(path), "family": ready.family, "precision": ready.precision, **scores}
     if s.out:
         write_json(Path(s.out), result)

@@ -56,6 +56,10 @@ def sliding_windows(n_tokens: int, window: int, stride: int) -> list[tuple[int, 
     return out
 
 
+class NothingToScore(PretuneError):
+    """A text too short to score; the caller, who knows where the text came from, names it."""
+
+
 @torch.no_grad()
 def perplexity(model: Any, ids: list[int], *, window: int | None = None, stride: int | None = None, batch_size: int = 8,
                progress: bool = False) -> dict[str, Any]:
@@ -68,7 +72,7 @@ def perplexity(model: Any, ids: list[int], *, window: int | None = None, stride:
     stride = stride or max(1, window // 2)
     spans = sliding_windows(len(ids), window, stride)
     if not spans:
-        raise PretuneError("the text has fewer than 2 tokens: nothing to predict")
+        raise NothingToScore("the text has fewer than 2 tokens: nothing to predict")
     device = next(model.parameters()).device
     total, count = 0.0, 0
     for batch in _chunks(spans, batch_size, progress, "perplexity"):
@@ -103,7 +107,7 @@ def pseudo_perplexity(model: Any, tokenizer: Any, lines: list[str], *, batch_siz
     """A BERT's masked-LM pseudo-perplexity and accuracy over ``lines`` (see the module docstring)."""
     copies = _masked_copies(tokenizer, lines, model.cfg.max_positions)
     if not copies:
-        raise PretuneError("the text has no tokens to mask")
+        raise NothingToScore("the text has no tokens to mask")
     device = next(model.parameters()).device
     mask_id, pad = tokenizer.mask_id, pad_id(tokenizer)
     logp_sum, correct = 0.0, 0
@@ -135,4 +139,4 @@ def score_text(ready: Any, text: str, *, window: int | None = None, stride: int 
         return pseudo_perplexity(ready.model, ready.tokenizer, lines, batch_size=batch_size, progress=progress)
 
 
-__all__ = ["perplexity", "pseudo_perplexity", "score_text", "sliding_windows"]
+__all__ = ["NothingToScore", "perplexity", "pseudo_perplexity", "score_text", "sliding_windows"]

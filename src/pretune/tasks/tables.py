@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from pretune.errors import PretuneError, where
+from pretune.io import read_text_file
 
 Col = int | str
 Cols = Col | Sequence[Col]
@@ -22,21 +23,10 @@ DELIMITERS = {".tsv": "\t", ".txt": "\t", ".csv": ",", ".jsonl": "json"}
 
 
 def read_text(path: str | Path, encoding: str = "utf-8-sig") -> str:
-    """A file's text; missing, unreadable, undecodable or empty files are PretuneErrors."""
-    p = Path(path)
-    if not p.is_file():
-        raise PretuneError(f"{p}: file not found" + (" (it is a directory)" if p.is_dir() else ""))
-    data = p.read_bytes()
-    try:
-        text = data.decode(encoding)
-    except UnicodeDecodeError as e:
-        line = data[: e.start].count(b"\n") + 1
-        raise PretuneError(
-            f"{where(p, line)}: not valid {encoding} text ({e.reason}); convert the file to UTF-8 "
-            f"(e.g. iconv -f cp949 -t utf-8)"
-        ) from None
+    """A task file's text (:func:`pretune.io.read_text_file`); an empty file is an error too."""
+    text = read_text_file(path, encoding=encoding)
     if not text.strip():
-        raise PretuneError(f"{p}: file is empty")
+        raise PretuneError(f"{path}: file is empty")
     return text
 
 
