@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from layouts import assert_gpt_tagging_layout
 from scipy.stats import rankdata
 
 from pretune import cli
@@ -509,18 +510,7 @@ def test_untied_gpt_with_added_tokens_fine_tunes_with_the_lm_loss_end_to_end(wor
 def test_gpt_tagging_sees_each_word_as_in_running_text(work: Path, tmp_path: Path) -> None:
     """Byte-level BPE: a word after the first is encoded with its leading space, exactly as the
     tokenizer encodes the joined sentence; each word's tag sits on its first piece."""
-    run = FinetuneRun(settings(work, tmp_path / "r", "tagging", "gpt"))
-    tok = run.tokenizer
-    assert len(run.train_features.features) == len(run.train_examples)
-    for feat in run.train_features.features:
-        words = run.train_examples[feat["example"]].tokens
-        ids = feat["input_ids"]
-        assert ids[0] == tok.start_id and ids[-1] == tok.extract_id
-        assert ids[1:-1] == tok.encode(" ".join(words))
-        bounds = [*feat["word_starts"], len(ids) - 1]
-        assert [tok.decode(ids[a:b]) for a, b in zip(bounds, bounds[1:])] == [words[0], *(" " + w for w in words[1:])]
-        tagged = [p for p, t in enumerate(feat["tags"]) if t != -100]
-        assert tagged == feat["word_starts"]
+    assert_gpt_tagging_layout(FinetuneRun(settings(work, tmp_path / "r", "tagging", "gpt")))
 
 
 # --------------------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from layouts import assert_gpt_tagging_layout
 
 from pretune.checkpoint import load_model, save_model
 from pretune.cli import main
@@ -469,15 +470,7 @@ def test_a_kogpt2_like_checkpoint_fine_tunes_with_gpt1_input_transformations(tmp
     by_hand = sum(p == sense for p, (sense, _) in zip(predicted, rows)) / len(rows)
     assert evaluate(tmp_path / "cls", tmp_path / "train.tsv", progress=False)["accuracy"] == pytest.approx(by_hand)
 
-    tagging = FinetuneRun(run_settings("tagging", "tags.conll", "tag"))
-    tok = tagging.tokenizer
-    for feat in tagging.train_features.features:
-        words = tagging.train_examples[feat["example"]].tokens
-        ids = feat["input_ids"]
-        assert ids[0] == tok.start_id and ids[-1] == tok.extract_id
-        assert ids[1:-1] == tok.encode(" ".join(words))
-        bounds = [*feat["word_starts"], len(ids) - 1]
-        assert [tok.decode(ids[a:b]).strip() for a, b in zip(bounds, bounds[1:])] == words
+    assert_gpt_tagging_layout(FinetuneRun(run_settings("tagging", "tags.conll", "tag")))
 
 
 def test_generate_runs_under_bf16_autocast(gpt_dir: Path, capsys) -> None:
