@@ -556,7 +556,8 @@ class Trainer:
         items = [self.loss_items(b) for b in micro] if self.loss_items is not None else [None]
         counted = all(t is not None for t in items)
         local = torch.tensor([sum(n), float(sum(int(t) for t in items)) if counted else 0.0], dtype=torch.float64)
-        total, tokens = all_sum(local.to(self.device), self.dist).tolist()
+        # the counts are on the host; only ranks need them on the device (NCCL), where .tolist() syncs
+        total, tokens = (all_sum(local.to(self.device), self.dist) if self.dist.enabled else local).tolist()
         parts = len(micro) * self.dist.world_size
         return [(parts * k / total, max(tokens, 1.0) * k / total if counted else None) for k in n]
 
