@@ -265,7 +265,7 @@ def test_multiple_choice_scores_each_sequence_softmax_across_choices(family: str
         for k, s in enumerate(seqs):
             ids = torch.tensor([s])
             if family == "bert":
-                hidden = model.body(ids, None, torch.tensor([feat["token_type_ids"][k]]))[0]
+                hidden = model.body(ids, token_type_ids=torch.tensor([feat["token_type_ids"][k]]))[0]
                 rep = model.pooler(hidden)[0]
             else:
                 rep = model.body(ids)[0][0, -1]
@@ -283,7 +283,7 @@ def test_aux_lm_loss_is_added_iff_lm_coef_and_averaged_per_sequence(coef: float)
     batch = Collator(0, extract=True)([{"input_ids": [1, 5, 6, 9, 8, 3], "label": 1}, {"input_ids": [1, 7, 3], "label": 0}])
     out = model(**batch)
     with torch.no_grad():
-        hidden = backbone.body(batch["input_ids"], batch["padding_mask"])[0]
+        hidden = backbone.body(batch["input_ids"], padding_mask=batch["padding_mask"])[0]
         rep = hidden[torch.arange(2), torch.tensor([5, 2])]
         l2 = F.cross_entropy(model.head.out(rep), torch.tensor([1, 0]))
         # L1 by hand, as openai/finetune-transformer-lm: each sequence's mean next-token loss over its
@@ -333,7 +333,7 @@ def test_bert_ignores_lm_coef_and_uses_pooled_cls() -> None:
     batch = Collator(0)([{"input_ids": [2, 5, 6, 3], "token_type_ids": [0, 0, 0, 0], "label": 1}])
     out = model(**batch)
     with torch.no_grad():
-        manual = model.head.out(backbone.pooler(backbone.body(batch["input_ids"], None, batch["token_type_ids"])[0]))
+        manual = model.head.out(backbone.pooler(backbone.body(batch["input_ids"], token_type_ids=batch["token_type_ids"])[0]))
     assert torch.allclose(out.logits, manual, atol=1e-5)
     assert set(out.metrics) == {"task_loss"}
 
@@ -346,7 +346,7 @@ def test_qa_head_gives_start_end_logits_per_token() -> None:
     batch = Collator(0)(feats)
     out = model(**batch)
     with torch.no_grad():  # by hand: the head on every token's state; padding can never be a span end
-        manual = model.head.out(backbone.body(batch["input_ids"], batch["padding_mask"], batch["token_type_ids"])[0])
+        manual = model.head.out(backbone.body(batch["input_ids"], padding_mask=batch["padding_mask"], token_type_ids=batch["token_type_ids"])[0])
         manual[1, 5] = -1e4
     assert torch.allclose(out.logits, manual, atol=1e-5)
     start = F.cross_entropy(manual[..., 0], torch.tensor([3, 3]))

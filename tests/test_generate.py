@@ -102,7 +102,7 @@ def test_logits_with_the_kv_cache_equal_a_full_forward(tmp_path: Path, kind: str
     full_mask = torch.cat([mask, torch.ones_like(more)], 1)
     positions = (full_mask.cumsum(1) - 1).clamp(min=0)
     with torch.no_grad():
-        hidden, _ = model.body(full_ids, full_mask, positions=positions)
+        hidden, _ = model.body(full_ids, padding_mask=full_mask, positions=positions)
         reference = model.lm_logits(hidden)
         cache = KVCache(model.cfg.n_layers, full_ids.shape[1])
         width = ids.shape[1]

@@ -121,7 +121,7 @@ def test_sparse_mlm_loss_equals_dense_head_on_masked_positions(tmp_path: Path) -
     nsp = torch.tensor([0, 1, 0])
     with torch.no_grad():
         ref = hf_model(input_ids=ids, attention_mask=mask, token_type_ids=types, labels=labels, next_sentence_label=nsp)
-        dense = ours(ids, token_type_ids=types, mlm_labels=labels, nsp_labels=nsp)
+        dense = ours(ids, token_type_ids=types, mlm_labels=labels, nsp_labels=nsp, return_logits=True)  # full logits
         # the same targets as fixed prediction slots (gather, no host sync)
         positions = torch.zeros(3, 16, dtype=torch.long)
         slot_labels = torch.full((3, 16), -100)
@@ -130,6 +130,8 @@ def test_sparse_mlm_loss_equals_dense_head_on_masked_positions(tmp_path: Path) -
             positions[row, : len(where)] = where
             slot_labels[row, : len(where)] = labels[row, where]
         sparse = ours(ids, token_type_ids=types, mlm_labels=slot_labels, mlm_positions=positions, nsp_labels=nsp)
+    assert dense.mlm_logits is not None and sparse.mlm_logits is None
+    assert sparse.hidden.shape[1] == 1 + 16  # the sparse path ran: the last layer at [CLS] and the 16 slots only
     assert abs(ref.loss.item() - dense.loss.item()) <= TOL
     assert abs(sparse.loss.item() - dense.loss.item()) <= TOL
 
@@ -141,7 +143,7 @@ def test_gpt_from_hf_matches_hidden_states_and_lm_logits(tmp_path: Path) -> None
     ids, mask, _ = _padded_batch(101, [20, 11, 6], seed=2)
     with torch.no_grad():
         ref = hf_model(input_ids=ids, attention_mask=mask, output_hidden_states=True, labels=ids)
-        out = ours(ids, padding_mask=mask, labels=ids)
+        out = ours(ids, padding_mask=mask, labels=ids, return_logits=True)
     assert _max_diff(ref.hidden_states[-1], out.hidden, mask) <= TOL
     assert _max_diff(ref.logits, out.logits, mask) <= TOL
     # Unpadded: causal attention without any mask must give the same result as HF too.

@@ -126,9 +126,11 @@ def test_gpt_fused_loss_equals_the_logits_path_with_the_same_gradients() -> None
     mask = torch.ones_like(ids)
     mask[1, 12:] = 0
     dense = a(ids, padding_mask=mask, labels=labels, return_logits=True)
-    fused = b(ids, padding_mask=mask, labels=labels)  # the default in a training step: fused
-    with torch.no_grad():
-        assert b(ids, padding_mask=mask, labels=labels).logits is not None  # evaluation keeps logits
+    fused = b(ids, padding_mask=mask, labels=labels)  # the default with labels: fused, no logits
+    with torch.no_grad():  # the grad mode does not change what is returned
+        assert b(ids, padding_mask=mask, labels=labels).logits is None
+        assert b(ids, padding_mask=mask, labels=labels, return_logits=True).logits is not None
+        assert torch.equal(b(ids, padding_mask=mask).logits, dense.logits.detach())  # no labels: the logits
     assert dense.logits is not None and fused.logits is None
     assert abs(dense.loss.item() - fused.loss.item()) <= 1e-5
     assert dense.metrics["lm_tokens"] == fused.metrics["lm_tokens"]
@@ -149,9 +151,10 @@ def test_bert_fused_mlm_equals_the_logits_path_with_metrics_and_gradients() -> N
     targets = torch.tensor([[7, 8, 9, -100], [10, 11, -100, -100]])
     nsp = torch.tensor([0, 1])
     kw = dict(mlm_positions=positions, mlm_labels=targets, nsp_labels=nsp)
-    dense, fused = a(ids, return_logits=True, **kw), b(ids, **kw)  # the default in training: fused
-    with torch.no_grad():
-        assert b(ids, **kw).mlm_logits is not None
+    dense, fused = a(ids, return_logits=True, **kw), b(ids, **kw)  # the default: fused, no logits
+    with torch.no_grad():  # the grad mode does not change what is returned
+        assert b(ids, **kw).mlm_logits is None
+        assert torch.equal(b(ids, return_logits=True, **kw).mlm_logits, dense.mlm_logits.detach())
     assert fused.mlm_logits is None and dense.mlm_logits is not None
     assert abs(dense.loss.item() - fused.loss.item()) <= 1e-5
     for key in ("mlm_tokens", "mlm_correct"):

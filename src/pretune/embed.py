@@ -77,7 +77,7 @@ def embed(model: nn.Module, tokenizer: Any, texts: list[str], *, layer: int = -1
     out = []
     for text in texts:
         ids, offsets = encode_for_model(model, tokenizer, text, truncate)
-        _, states = model.body(torch.tensor([ids], device=device), None, None, output_hidden_states=True)
+        _, states = model.body(torch.tensor([ids], device=device), output_hidden_states=True)
         vectors = states[layer][0].float().cpu()
         if pool == "mean":
             vectors = vectors.mean(0)

@@ -74,7 +74,7 @@ def word_vectors(model: Any, tokenizer: Any, sentences: list[str], word: str) ->
     for text in sentences:
         ids, offsets = encode_for_model(model, tokenizer, text)
         positions = word_positions(Embedded(text, [], torch.empty(0), offsets), word)
-        _, states = model.body(torch.tensor([ids], device=device), None, None, output_hidden_states=True)
+        _, states = model.body(torch.tensor([ids], device=device), output_hidden_states=True)
         out.append(torch.stack([s[0, positions].float().mean(0) for s in states]).cpu())
     return torch.stack(out, dim=1)
 

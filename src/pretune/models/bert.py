@@ -108,13 +108,14 @@ class BERT(Backbone):
     def forward(
         self,
         input_ids: Tensor,
-        token_type_ids: Tensor | None = None,
+        *,
         padding_mask: Tensor | None = None,
+        token_type_ids: Tensor | None = None,
         mlm_labels: Tensor | None = None,
         nsp_labels: Tensor | None = None,
         mlm_positions: Tensor | None = None,
         output_hidden_states: bool = False,
-        return_logits: bool | None = None,
+        return_logits: bool = False,
         loss_denominator: Tensor | None = None,
     ) -> BertOutput:
         """Run the body and, for the targets given, the heads.
@@ -124,10 +125,11 @@ class BERT(Backbone):
         number of prediction slots per sequence (padded with label -100), which gathers without
         a host-device synchronisation.
 
-        ``return_logits=False`` computes the masked-LM loss and metrics with
-        :func:`linear_cross_entropy`, without the ``(n_masked, vocab)`` logits; ``mlm_logits`` is
-        then None. The loss is the same. The default (None) does so when gradients are on and
-        targets are given: a training step.
+        ``return_logits=True`` also returns the ``(n_masked, vocab)`` logits at the predicted
+        positions (``mlm_logits``); by default (False) the masked-LM loss and metrics come from
+        :func:`linear_cross_entropy` without them, and ``mlm_logits`` is None. The loss is the
+        same either way; the choice never depends on the grad mode. Logits at every position, for
+        any hidden states: :meth:`mlm_logits`.
 
         Without the logits and with ``mlm_positions`` (pretraining batches), the last layer runs
         only at ``[CLS]`` and the predicted positions (see ``Transformer.forward``'s
@@ -138,11 +140,10 @@ class BERT(Backbone):
         number of masked tokens in the global batch, so that every process and micro-batch
         contributes to one mean (default: this batch's count).
         """
-        if return_logits is None:
-            return_logits = mlm_labels is None or not torch.is_grad_enabled()
         sparse = mlm_labels is not None and mlm_positions is not None and not return_logits and not output_hidden_states
         rows = torch.cat([mlm_positions.new_zeros(mlm_positions.shape[0], 1), mlm_positions], 1) if sparse else None
-        hidden, states = self.body(input_ids, padding_mask, token_type_ids, output_hidden_states, last_rows=rows)
+        hidden, states = self.body(input_ids, padding_mask=padding_mask, token_type_ids=token_type_ids,
+                                   output_hidden_states=output_hidden_states, last_rows=rows)
         pooled = self.pooler(hidden) if self.pooler is not None else None
         out = BertOutput(hidden=hidden, pooled=pooled, hidden_states=states)
         if mlm_labels is not None:

@@ -255,6 +255,7 @@ class Transformer(nn.Module):
     def forward(
         self,
         input_ids: Tensor,
+        *,
         padding_mask: Tensor | None = None,
         token_type_ids: Tensor | None = None,
         output_hidden_states: bool = False,

@@ -57,7 +57,7 @@ class GPT(Backbone):
     ) -> Tensor:
         """Logits (b, vocab) of the token after each row's last position, the new positions' keys
         and values appended to ``cache`` (``padding_mask`` covers the cached positions too)."""
-        hidden, _ = self.body(input_ids, padding_mask, None, positions=positions, cache=cache)
+        hidden, _ = self.body(input_ids, padding_mask=padding_mask, positions=positions, cache=cache)
         # (vocab, hidden) @ (hidden, b) reads the output matrix in its stored order; F.linear's
         # h @ W^T took twice as long at batch 8 on a 2-core Zen 3 with MKL (docs/benchmarks.md)
         return (self.decoder_weight @ hidden[:, -1].T).T
@@ -65,21 +65,20 @@ class GPT(Backbone):
     def forward(
         self,
         input_ids: Tensor,
+        *,
         padding_mask: Tensor | None = None,
         labels: Tensor | None = None,
         output_hidden_states: bool = False,
-        return_logits: bool | None = None,
+        return_logits: bool = False,
     ) -> GPTOutput:
         """``labels`` are token ids aligned with ``input_ids`` (-100 = ignore); position t predicts t+1.
 
-        With labels and ``return_logits=False`` (pretraining), the loss comes from
-        :func:`linear_cross_entropy`: the same value without the ``(b, t, vocab)`` logits, chunk by
-        chunk, and ``logits`` is None. Otherwise the full logits are returned too. The default
-        (None) takes the fused path when gradients are on: a training step.
+        Without labels the ``(b, t, vocab)`` logits are returned. With labels the loss comes by
+        default from :func:`linear_cross_entropy` (the same value chunk by chunk, without the logits;
+        ``logits`` is None); ``return_logits=True`` returns the logits too. The choice never depends
+        on the grad mode.
         """
-        if return_logits is None:
-            return_logits = labels is None or not torch.is_grad_enabled()
-        hidden, states = self.body(input_ids, padding_mask, None, output_hidden_states)
+        hidden, states = self.body(input_ids, padding_mask=padding_mask, output_hidden_states=output_hidden_states)
         loss, metrics, logits = None, {}, None
         if labels is not None and not return_logits:
             loss, metrics = self.next_token_loss(hidden, labels)

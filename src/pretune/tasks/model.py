@@ -93,7 +93,7 @@ class TaskModel(nn.Module):
         batch = {k: v for k, v in given.items() if v is not None}
         flat = input_ids.flatten(0, 1) if input_ids.dim() == 3 else input_ids
         mask = _flat(padding_mask, input_ids)
-        hidden, _ = self.body(flat, mask, None if self.gpt else _flat(token_type_ids, input_ids))
+        hidden, _ = self.body(flat, padding_mask=mask, token_type_ids=None if self.gpt else _flat(token_type_ids, input_ids))
         logits, loss = self.family.forward(self, hidden, batch)
         metrics: dict[str, Tensor] = {}
         if loss is not None:
