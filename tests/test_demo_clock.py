@@ -56,7 +56,7 @@ def test_a_tiny_demo_on_the_clock_records_what_each_stage_got(tmp_path: Path, mo
 
     monkeypatch.setattr(demo_run, "MIN_PRETRAIN_S", 2.0)  # a test cannot wait the real minimum
     s = DemoSettings(
-        out=str(tmp_path / "demo"), data_dir=str(DATA), minutes=0.3, budgets=[64, 128], test_sample=64,
+        out=str(tmp_path / "demo"), data_dir=str(DATA), minutes=0.01, budgets=[64, 128], test_sample=64,
         validation_size=32, corpus_lines=2000, tokenizer_lines=2000, vocab_size=1000, seq_len=32, finetune_seq_len=32,
         pretrain_batch=16, progress=False,
     )
@@ -64,7 +64,8 @@ def test_a_tiny_demo_on_the_clock_records_what_each_stage_got(tmp_path: Path, mo
     printed = capsys.readouterr().out
     clock = json.loads((tmp_path / "demo" / "results.json").read_text())["clock"]
     assert set(clock) >= {"minutes", "corpus_lines", "setup_s", "finetune_s", "epochs", "pretrain_s"}
-    assert clock["epochs"] == {"64": 1.0, "128": 1.0}  # no time for the wanted 10 epochs: one pass each
+    # 0.6 s cannot hold the wanted 10 epochs on any machine: one pass each
+    assert clock["epochs"] == {"64": 1.0, "128": 1.0}
     assert {r["epochs"] for r in results["runs"]} == {1.0}  # both twins alike
     assert clock["pretrain_s"] >= 2.0
     assert "[clock" in printed and "pretraining:" in printed and "epochs per label budget" in printed
