@@ -21,9 +21,22 @@ FLAGS = "fpu vme sse sse2 avx avx2 fma"
 
 @pytest.fixture(autouse=True)
 def _isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Every test gets its own cache folder and the probe switched on, whatever the environment."""
+    """Every test gets its own cache folder, the probe switched on and ``auto`` decided by the rule
+    (not by the suite's PRETUNE_AUTO_PRECISION), whatever the environment."""
     monkeypatch.setenv(P.CACHE_DIR_ENV, str(tmp_path / "cache"))
     monkeypatch.delenv(P.PROBE_ENV, raising=False)
+    monkeypatch.delenv(P.AUTO_ENV, raising=False)
+
+
+def test_the_auto_precision_environment_variable_overrides_the_rule(monkeypatch: pytest.MonkeyPatch) -> None:
+    fast = Probe(5.0)
+    monkeypatch.setenv(P.AUTO_ENV, "fp32")
+    assert P.resolve_precision("auto", "cpu", features=AMX, probe=fast) == "fp32"
+    assert P.resolve_precision("bf16", "cpu") == "bf16"  # an explicit precision is never overridden
+    monkeypatch.setenv(P.AUTO_ENV, "bf16")
+    assert P.resolve_precision("auto", "cpu", features=NEITHER, probe=fast) == "bf16"
+    monkeypatch.setenv(P.AUTO_ENV, "")
+    assert P.resolve_precision("auto", "cpu", features=AMX, probe=fast) == "bf16"
 
 
 class Probe:

@@ -13,6 +13,8 @@ torch's bf16 GEMMs ran at 1-20 GFLOP/s against 50-160 in fp32, docs/benchmarks.m
   not enough: a CPU may have them and torch may still take a slow path, or the gain may be eaten
   by the casts autocast adds.
 * ``PRETUNE_PRECISION_PROBE=0`` trusts the flags: bf16 on any CPU that has one, no probe.
+* ``PRETUNE_AUTO_PRECISION=fp32`` (or ``bf16``) makes ``auto`` mean that precision on any machine:
+  runs whose results must not depend on the CPU they land on (the test suite sets it).
 
 Call :func:`resolve_precision` after ``torch.set_num_threads``: the probe and its cache entry
 are for the thread count in force.
@@ -47,6 +49,7 @@ BF16_FEATURES = ("amx_bf16", "avx512_bf16")
 BF16_MIN_SPEEDUP = 1.5
 
 PROBE_ENV = "PRETUNE_PRECISION_PROBE"
+AUTO_ENV = "PRETUNE_AUTO_PRECISION"
 CACHE_DIR_ENV = "PRETUNE_CACHE_DIR"
 CACHE_FILE = "precision_probe.json"
 CPUINFO = Path("/proc/cpuinfo")
@@ -280,6 +283,9 @@ def resolve_precision(
         if device.type == "cuda" and not _cuda_bf16(device, native=False):
             raise PretuneError(f"--precision bf16: {device} cannot compute in bf16; use --precision fp32 or auto")
         return "bf16"
+    forced = os.environ.get(AUTO_ENV, "").strip().lower()
+    if forced in ("fp32", "bf16"):
+        return forced  # type: ignore[return-value]
     if device.type == "cuda":
         return "bf16" if _cuda_bf16(device, native=True) else "fp32"
     if device.type == "cpu":
