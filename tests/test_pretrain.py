@@ -160,9 +160,9 @@ def test_fresh_bert_starts_with_the_unigram_prior_in_the_mlm_bias() -> None:
             return np.array([7] * 60 + [8] * 30 + [9] * 9 + [10], dtype=np.uint16)
 
     model = build_model(preset("bert-tiny", vocab_size=12, max_positions=16))
-    init_output_bias(model, Corpus(), "zero")
+    init_output_bias(model.mlm, Corpus(), "zero")
     assert torch.count_nonzero(model.mlm.bias) == 0
-    init_output_bias(model, Corpus(), "unigram")
+    init_output_bias(model.mlm, Corpus(), "unigram")
     bias = model.mlm.bias.detach().double()
     expected = torch.log(torch.tensor([1.0] * 7 + [61, 31, 10, 2, 1], dtype=torch.float64) / 112)  # add-one smoothing
     assert torch.allclose(bias, expected - expected.mean(), atol=1e-6)

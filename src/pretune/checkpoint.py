@@ -22,7 +22,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from pretune import hf
-from pretune.config import PRESETS, ModelConfig, preset, read_json
+from pretune.config import FAMILIES, PRESETS, ModelConfig, preset, read_json
 from pretune.errors import PretuneError
 from pretune.io import atomic_dir, fsync_path, write_json
 from pretune.models import build_model
@@ -170,10 +170,9 @@ def export_hf(model: nn.Module, out_dir: str | Path, tokenizer: Any | None = Non
     """Write a Hugging Face directory (config.json, model.safetensors, tokenizer files) atomically."""
     cfg: ModelConfig = model.cfg
     state = state_dict_for_saving(model, exclude)
-    # a tied GPT always has its LM output layer (the token embedding)
-    with_heads = any(k.startswith(("mlm.", "nsp.", "lm_head.")) for k in state) or (cfg.family == "gpt" and cfg.tie_embeddings)
     hf_state = hf.to_hf_state_dict(state, cfg)
-    hf_cfg = hf.config_to_hf(cfg, with_heads, tokenizer.hf_token_ids() if tokenizer is not None else None)
+    hf_cfg = hf.config_to_hf(cfg, token_ids=tokenizer.hf_token_ids() if tokenizer is not None else None,
+                             architecture=hf.export_class(cfg, state))
     with atomic_dir(out_dir) as tmp:
         save_file(hf_state, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
         (tmp / CONFIG_FILE).write_text(json.dumps(hf_cfg, indent=2) + "\n", encoding="utf-8")
@@ -228,8 +227,8 @@ def source_family(source: ModelSource) -> str:
     if source.kind == "huggingface":
         return hf.config_from_hf(raw, source=str(source.path / CONFIG_FILE)).family
     family = raw.get("family")
-    if family not in ("bert", "gpt"):
-        raise PretuneError(f"{source.path}: config field 'family' must be 'bert' or 'gpt', got {family!r}")
+    if family not in FAMILIES:
+        raise PretuneError(f"{source.path}: config field 'family' must be one of {', '.join(FAMILIES)}, got {family!r}")
     return family
 
 

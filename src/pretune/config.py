@@ -16,16 +16,21 @@ from pretune.errors import PretuneError
 
 FORMAT_VERSION = 1
 SHAPE_FIELDS = ("vocab_size", "n_layers", "hidden", "n_heads", "ffn", "max_positions", "type_vocab_size")
+FAMILIES = ("bert", "gpt", "electra")
+ENCODERS = ("bert", "electra")  # bidirectional, [CLS] ... [SEP], segment embeddings: fine-tuned alike
 
-Family = Literal["bert", "gpt"]
+Family = Literal["bert", "gpt", "electra"]
 
 
 @dataclass
 class ModelConfig:
-    """Shape and behaviour of a GPT or BERT transformer.
+    """Shape and behaviour of a GPT, BERT or ELECTRA transformer.
 
-    ``family`` decides the objective and the attention pattern: ``gpt`` is causal (decoder-only),
-    ``bert`` is bidirectional with segment embeddings, pooler, masked-LM and NSP heads.
+    ``family`` decides the heads and the attention pattern: ``gpt`` is causal (decoder-only),
+    ``bert`` is bidirectional with segment embeddings, pooler, masked-LM and NSP heads, ``electra``
+    is the same encoder with ELECTRA's heads (replaced-token detection for a discriminator, a
+    masked-LM head for a generator) and, when ``embedding_size`` differs from ``hidden``, a
+    projection from the embeddings to the hidden size (``embeddings_project``).
     """
 
     family: Family
@@ -34,6 +39,7 @@ class ModelConfig:
     hidden: int = 768
     n_heads: int = 12
     ffn: int = 0  # 0 means 4 * hidden
+    embedding_size: int = 0  # 0 means hidden; ELECTRA-small embeds in 128 and projects to 256
     max_positions: int = 512
     type_vocab_size: int = 2  # segment embeddings (BERT); 0 for none
     dropout: float = 0.1  # embeddings, residual branches
@@ -50,6 +56,8 @@ class ModelConfig:
     def __post_init__(self) -> None:
         if self.ffn == 0:
             self.ffn = 4 * self.hidden
+        if self.embedding_size == 0:
+            self.embedding_size = self.hidden
         self.validate()
 
     @property
@@ -57,14 +65,19 @@ class ModelConfig:
         return self.family == "gpt"
 
     @property
+    def encoder(self) -> bool:
+        """Bidirectional with ``[CLS]``/``[SEP]`` and segments (BERT, ELECTRA): fine-tuned the same way."""
+        return self.family in ENCODERS
+
+    @property
     def head_dim(self) -> int:
         return self.hidden // self.n_heads
 
     def validate(self) -> None:
         """Raise :class:`PretuneError` naming the first field that is out of range."""
-        if self.family not in ("bert", "gpt"):
-            raise PretuneError(f"config field 'family' must be 'bert' or 'gpt', got {self.family!r}")
-        for name in ("vocab_size", "n_layers", "hidden", "n_heads", "ffn", "max_positions"):
+        if self.family not in FAMILIES:
+            raise PretuneError(f"config field 'family' must be one of {', '.join(FAMILIES)}, got {self.family!r}")
+        for name in ("vocab_size", "n_layers", "hidden", "n_heads", "ffn", "max_positions", "embedding_size"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise PretuneError(f"config field {name!r} must be a positive integer, got {value!r}")
@@ -80,6 +93,9 @@ class ModelConfig:
             value = getattr(self, name)
             if not 0.0 <= float(value) < 1.0:
                 raise PretuneError(f"config field {name!r} must be in [0, 1), got {value!r}")
+        if self.embedding_size != self.hidden and self.family != "electra":
+            raise PretuneError(f"config field 'embedding_size' ({self.embedding_size}) may differ from hidden ({self.hidden}) "
+                               "only for family 'electra'")
         if self.type_vocab_size < 0:
             raise PretuneError(f"config field 'type_vocab_size' must be >= 0, got {self.type_vocab_size}")
 
@@ -92,6 +108,8 @@ class ModelConfig:
         data.update(overrides)
         if "hidden" in overrides and "ffn" not in overrides:
             data["ffn"] = 0
+        if "hidden" in overrides and "embedding_size" not in overrides and self.embedding_size == self.hidden:
+            data["embedding_size"] = 0
         return ModelConfig(**data)
 
     def to_dict(self) -> dict[str, Any]:
@@ -108,7 +126,7 @@ class ModelConfig:
         if unknown:
             raise PretuneError(f"{source}: unknown field(s) {sorted(unknown)}; valid: {sorted(names)}")
         if "family" not in data:
-            raise PretuneError(f"{source}: missing field 'family' ('bert' or 'gpt')")
+            raise PretuneError(f"{source}: missing field 'family' ({', '.join(map(repr, FAMILIES))})")
         absent = [name for name in SHAPE_FIELDS if name not in data] if with_weights else []
         if absent:
             raise PretuneError(f"{source}: missing field {absent[0]!r}, which the saved weights need "
@@ -163,6 +181,11 @@ def _bert(shape: str) -> dict[str, Any]:
     return dict(family="bert", n_layers=layers, hidden=hidden, n_heads=heads)
 
 
+def _electra(shape: str, **kw: Any) -> dict[str, Any]:
+    layers, hidden, heads = _SHAPES[shape]
+    return dict(family="electra", n_layers=layers, hidden=hidden, n_heads=heads, **kw)
+
+
 def _gpt(shape: str, **kw: Any) -> dict[str, Any]:
     layers, hidden, heads = _SHAPES[shape]
     base = dict(
@@ -177,6 +200,12 @@ def _gpt(shape: str, **kw: Any) -> dict[str, Any]:
 PRESETS: dict[str, dict[str, Any]] = {
     **{f"bert-{s}": _bert(s) for s in ("tiny", "mini", "small", "medium", "base", "large")},
     **{f"gpt-{s}": _gpt(s) for s in ("tiny", "mini", "small")},
+    # Clark et al. (2020): ELECTRA-Small is 12 layers, 256 wide, 4 heads, embeddings of 128 projected
+    # up; Base and Large have the shapes of BERT's. The tiny and mini ones have the small BERTs' shapes.
+    **{f"electra-{s}": _electra(s) for s in ("tiny", "mini")},
+    "electra-small": dict(family="electra", n_layers=12, hidden=256, n_heads=4, embedding_size=128),
+    "electra-base": _electra("base"),
+    "electra-large": _electra("large"),
     "gpt1": _gpt("base"),  # Radford et al. (2018): 12 layers, 768 wide, 12 heads, context 512
     # Radford et al. (2019): pre-LN blocks and a final LayerNorm, context 1024, byte-level BPE of 50,257
     "gpt2": _gpt("base", norm="pre", max_positions=1024, vocab_size=50257),

@@ -29,7 +29,7 @@ def encode_for_model(model: nn.Module, tokenizer: Any, text: str, truncate: bool
     and each token's character span in ``text`` (None for the special tokens)."""
     enc = tokenizer.backend.encode(text, add_special_tokens=False)
     ids, offsets = list(enc.ids), [tuple(o) for o in enc.offsets]
-    limit = model.cfg.max_positions - (2 if model.cfg.family == "bert" else 0)
+    limit = model.cfg.max_positions - (2 if model.cfg.encoder else 0)
     if len(ids) > limit:
         if not truncate:
             raise PretuneError(
@@ -37,7 +37,7 @@ def encode_for_model(model: nn.Module, tokenizer: Any, text: str, truncate: bool
                 f"{text[:40]!r}...; pass --truncate to cut it"
             )
         ids, offsets = ids[:limit], offsets[:limit]
-    if model.cfg.family == "bert":
+    if model.cfg.encoder:
         return [tokenizer.cls_id, *ids, tokenizer.sep_id], [None, *offsets, None]
     return ids, offsets
 

@@ -4,7 +4,8 @@ One :class:`Arch` per Hugging Face architecture says everything pretune needs to
 its ``config.json`` keys (which pretune field each one is, and its default), what pretune's config
 must be for it (GPT-2 is pre-LN; BERT has segment embeddings), its activation names, and a table
 mapping pretune's parameter names to ``transformers``' (``BertForPreTraining``/``BertModel``/
-``BertForMaskedLM``, ``OpenAIGPTLMHeadModel``/``OpenAIGPTModel``, ``GPT2LMHeadModel``/``GPT2Model``).
+``BertForMaskedLM``, ``ElectraForPreTraining``/``ElectraForMaskedLM``/``ElectraModel``,
+``OpenAIGPTLMHeadModel``/``OpenAIGPTModel``, ``GPT2LMHeadModel``/``GPT2Model``).
 Each tensor row says how the tensors relate:
 
 - ``copy``: the same tensor;
@@ -46,29 +47,49 @@ def _layer(ours: str, *theirs: str, op: str = "copy") -> list[Rule]:
     ]
 
 
+def _encoder(prefix: str) -> list[Rule]:
+    """The embeddings and blocks of BERT and ELECTRA: the same names under their own prefix."""
+    return [
+        Rule("body.embeddings.tok.weight", (f"{prefix}.embeddings.word_embeddings.weight",)),
+        Rule("body.embeddings.pos.weight", (f"{prefix}.embeddings.position_embeddings.weight",)),
+        Rule("body.embeddings.seg.weight", (f"{prefix}.embeddings.token_type_embeddings.weight",)),
+        *_layer("body.embeddings.norm", f"{prefix}.embeddings.LayerNorm"),
+        *_layer(
+            "body.blocks.{i}.attn.qkv",
+            f"{prefix}.encoder.layer.{{i}}.attention.self.query",
+            f"{prefix}.encoder.layer.{{i}}.attention.self.key",
+            f"{prefix}.encoder.layer.{{i}}.attention.self.value",
+            op="cat",
+        ),
+        *_layer("body.blocks.{i}.attn.proj", f"{prefix}.encoder.layer.{{i}}.attention.output.dense"),
+        *_layer("body.blocks.{i}.norm1", f"{prefix}.encoder.layer.{{i}}.attention.output.LayerNorm"),
+        *_layer("body.blocks.{i}.mlp.fc1", f"{prefix}.encoder.layer.{{i}}.intermediate.dense"),
+        *_layer("body.blocks.{i}.mlp.fc2", f"{prefix}.encoder.layer.{{i}}.output.dense"),
+        *_layer("body.blocks.{i}.norm2", f"{prefix}.encoder.layer.{{i}}.output.LayerNorm"),
+    ]
+
+
 BERT_RULES: list[Rule] = [
-    Rule("body.embeddings.tok.weight", ("bert.embeddings.word_embeddings.weight",)),
-    Rule("body.embeddings.pos.weight", ("bert.embeddings.position_embeddings.weight",)),
-    Rule("body.embeddings.seg.weight", ("bert.embeddings.token_type_embeddings.weight",)),
-    *_layer("body.embeddings.norm", "bert.embeddings.LayerNorm"),
-    *_layer(
-        "body.blocks.{i}.attn.qkv",
-        "bert.encoder.layer.{i}.attention.self.query",
-        "bert.encoder.layer.{i}.attention.self.key",
-        "bert.encoder.layer.{i}.attention.self.value",
-        op="cat",
-    ),
-    *_layer("body.blocks.{i}.attn.proj", "bert.encoder.layer.{i}.attention.output.dense"),
-    *_layer("body.blocks.{i}.norm1", "bert.encoder.layer.{i}.attention.output.LayerNorm"),
-    *_layer("body.blocks.{i}.mlp.fc1", "bert.encoder.layer.{i}.intermediate.dense"),
-    *_layer("body.blocks.{i}.mlp.fc2", "bert.encoder.layer.{i}.output.dense"),
-    *_layer("body.blocks.{i}.norm2", "bert.encoder.layer.{i}.output.LayerNorm"),
+    *_encoder("bert"),
     *_layer("pooler.dense", "bert.pooler.dense"),
     *_layer("mlm.dense", "cls.predictions.transform.dense"),
     *_layer("mlm.norm", "cls.predictions.transform.LayerNorm"),
     Rule("mlm.bias", ("cls.predictions.bias",)),
     *_layer("nsp", "cls.seq_relationship"),
 ]
+
+# ELECTRA: no pooler; a discriminator head, or a generator head whose decoder is the (tied) word
+# embedding, with an output bias of its own
+ELECTRA_RULES: list[Rule] = [
+    *_encoder("electra"),
+    *_layer("body.embeddings_project", "electra.embeddings_project"),
+    *_layer("disc.dense", "discriminator_predictions.dense"),
+    *_layer("disc.out", "discriminator_predictions.dense_prediction"),
+    *_layer("mlm.dense", "generator_predictions.dense"),
+    *_layer("mlm.norm", "generator_predictions.LayerNorm"),
+    Rule("mlm.bias", ("generator_lm_head.bias",)),
+]
+
 
 def _gpt_blocks(prefix: str) -> list[Rule]:
     """The blocks of OpenAI GPT and GPT-2: the same names, Conv1D weights stored transposed."""
@@ -98,6 +119,7 @@ GPT2_RULES: list[Rule] = [
 # Output layers of their own, for models with ``tie_embeddings`` off (HF: tie_word_embeddings false).
 UNTIED_RULES = {
     "bert": Rule("mlm.decoder.weight", ("cls.predictions.decoder.weight",)),
+    "electra": Rule("mlm.decoder.weight", ("generator_lm_head.weight",)),
     "gpt": Rule("lm_head.weight", ("lm_head.weight",)),
 }
 
@@ -107,7 +129,7 @@ _IGNORED = re.compile(
 )
 
 # Optional parts: a checkpoint without them still loads (e.g. BertModel has no cls.*).
-OPTIONAL_PREFIXES = ("pooler.", "mlm.", "nsp.", "head.", "lm_head.")
+OPTIONAL_PREFIXES = ("pooler.", "mlm.", "nsp.", "disc.", "head.", "lm_head.")
 
 REQUIRED = object()  # a config key without a default
 
@@ -128,6 +150,10 @@ class Arch:
     refuse: dict[str, Any] = field(default_factory=dict)  # HF keys that must have this value (else unsupported)
     export_extra: dict[str, Any] = field(default_factory=dict)  # constant keys written on export
     export_copies: dict[str, str] = field(default_factory=dict)  # HF key -> pretune field, written on export too
+    heads: tuple[str, ...] = ("cls.", "lm_head")  # HF names outside the body's prefix
+    # the class to export as, by the first pretune head present (else ``classes``): ELECTRA's
+    # discriminator and generator are two classes
+    head_classes: dict[str, str] = field(default_factory=dict)
 
     @property
     def family(self) -> str:
@@ -159,6 +185,24 @@ ARCHS: dict[str, Arch] = {
         act_key="hidden_act", acts={"gelu": "gelu", **_TANH}, act_names={"gelu": "gelu", "gelu_tanh": "gelu_new"},
         rules=BERT_RULES, refuse={"position_embedding_type": "absolute"},
         export_extra={"position_embedding_type": "absolute"},
+    ),
+    "electra": Arch(
+        "electra", ("ElectraForPreTraining", "ElectraModel"), "electra.",
+        keys=dict(
+            vocab_size=("vocab_size", REQUIRED), n_layers=("num_hidden_layers", REQUIRED),
+            hidden=("hidden_size", REQUIRED), n_heads=("num_attention_heads", REQUIRED),
+            ffn=("intermediate_size", REQUIRED), max_positions=("max_position_embeddings", REQUIRED),
+            embedding_size=("embedding_size", 128), type_vocab_size=("type_vocab_size", 2),
+            dropout=("hidden_dropout_prob", 0.1), attn_dropout=("attention_probs_dropout_prob", 0.1),
+            layer_norm_eps=("layer_norm_eps", 1e-12), initializer_range=("initializer_range", 0.02),
+            tie_embeddings=("tie_word_embeddings", True), pad_token_id=("pad_token_id", 0),
+        ),
+        fixed=dict(family="electra", norm="post", embed_norm=True),
+        act_key="hidden_act", acts={"gelu": "gelu", **_TANH}, act_names={"gelu": "gelu", "gelu_tanh": "gelu_new"},
+        rules=ELECTRA_RULES, refuse={"position_embedding_type": "absolute"},
+        export_extra={"position_embedding_type": "absolute"},
+        heads=("discriminator_predictions.", "generator_predictions.", "generator_lm_head."),
+        head_classes={"disc.": "ElectraForPreTraining", "mlm.": "ElectraForMaskedLM"},
     ),
     # transformers' OpenAI GPT maps its "gelu" to the tanh approximation, and has no ffn size key
     "openai-gpt": Arch(
@@ -196,6 +240,8 @@ def rules_for(cfg: ModelConfig) -> list[Rule]:
             ]
         elif rule.ours.startswith("body.embeddings.seg") and not cfg.type_vocab_size:
             continue
+        elif rule.ours.startswith("body.embeddings_project") and cfg.embedding_size == cfg.hidden:
+            continue
         else:
             out.append(rule)
     if not cfg.tie_embeddings:
@@ -203,21 +249,21 @@ def rules_for(cfg: ModelConfig) -> list[Rule]:
     return out
 
 
-def _normalise_hf_names(state: dict[str, Tensor], prefix: str) -> dict[str, Tensor]:
+def _normalise_hf_names(state: dict[str, Tensor], arch: Arch) -> dict[str, Tensor]:
     """Give every key the prefix of the with-heads classes; old ``gamma``/``beta`` become weight/bias."""
     out = {}
     for key, value in state.items():
         key = re.sub(r"LayerNorm\.gamma$", "LayerNorm.weight", key)
         key = re.sub(r"LayerNorm\.beta$", "LayerNorm.bias", key)
-        if not (key.startswith(prefix) or key.startswith("cls.") or key.startswith("lm_head")):
-            key = prefix + key
+        if not key.startswith((arch.prefix, *arch.heads)):
+            key = arch.prefix + key
         out[key] = value
     return out
 
 
 def from_hf_state_dict(state: dict[str, Tensor], cfg: ModelConfig) -> dict[str, Tensor]:
     """Hugging Face tensors -> pretune tensors. Parts absent from the checkpoint stay absent."""
-    state = _normalise_hf_names(state, arch_of(cfg).prefix)
+    state = _normalise_hf_names(state, arch_of(cfg))
     used: set[str] = set()
     out: dict[str, Tensor] = {}
     for rule in rules_for(cfg):
@@ -298,20 +344,34 @@ def config_from_hf(hf: dict[str, Any], source: str = "config.json") -> ModelConf
     return ModelConfig(**arch.fixed, **values, activation=arch.acts[act], extra=extra)
 
 
-def config_to_hf(cfg: ModelConfig, with_heads: bool = True, token_ids: dict[str, int] | None = None) -> dict[str, Any]:
+def export_class(cfg: ModelConfig, names: Any) -> str:
+    """The ``transformers`` class a pretune model with the tensors ``names`` exports as: the class
+    of its pretraining heads (ELECTRA's by head), or the body-only class when it has none."""
+    arch = arch_of(cfg)
+    names = list(names)
+    for prefix, cls in arch.head_classes.items():
+        if any(n.startswith(prefix) for n in names):
+            return cls
+    with_heads = any(n.startswith(("mlm.", "nsp.", "lm_head.")) for n in names) or (cfg.family == "gpt" and cfg.tie_embeddings)
+    return arch.classes[0 if with_heads else 1]
+
+
+def config_to_hf(cfg: ModelConfig, with_heads: bool = True, token_ids: dict[str, int] | None = None,
+                 architecture: str | None = None) -> dict[str, Any]:
     """A Hugging Face ``config.json`` for a pretune config; ``token_ids`` adds ``bos_token_id``,
     ``eos_token_id``, ... (from the tokenizer). Refused when the Hugging Face model would not
     compute what this one does (read back, the config must be the same)."""
     arch = arch_of(cfg)
     if cfg.activation not in arch.act_names:
         raise PretuneError(f"{arch.classes[0]} in transformers has no {cfg.activation!r} activation")
-    hf = {"architectures": [arch.classes[0 if with_heads else 1]], "model_type": arch.model_type, **arch.export_extra}
+    name = architecture or arch.classes[0 if with_heads else 1]
+    hf = {"architectures": [name], "model_type": arch.model_type, **arch.export_extra}
     hf.update({key: getattr(cfg, ours) for ours, (key, _) in arch.keys.items()})
     hf.update({key: getattr(cfg, ours) for key, ours in arch.export_copies.items()})
     hf[arch.act_key] = arch.act_names[cfg.activation]
     hf.update({"bos_token_id": None, "eos_token_id": None, **(token_ids or {})})  # not transformers' GPT-2 ids
     back = config_from_hf(hf, source="export")
-    differ = [f for f in ("norm", "embed_norm", "type_vocab_size", "ffn") if getattr(back, f) != getattr(cfg, f)]
+    differ = [f for f in ("norm", "embed_norm", "type_vocab_size", "ffn", "embedding_size") if getattr(back, f) != getattr(cfg, f)]
     if differ:
         raise PretuneError(
             f"{arch.classes[0]} cannot hold this model: {', '.join(f'{f}={getattr(cfg, f)!r}' for f in differ)} "

@@ -75,6 +75,13 @@ class BertInstanceConfig(MaskingSettings):
 
     seq_len: int
     chunk_docs: int = 1024  # documents per unit of lazy instance creation
+    # of the tokens chosen for prediction: the share shown as [MASK], the share replaced by a random
+    # token, the rest kept (BERT 80/10/10; ELECTRA's generator input 85/0/15)
+    mask_fraction: float = 0.8
+    random_fraction: float = 0.1
+    # ELECTRA: one uniform number per prediction slot, from the instance's seed, from which the
+    # generator's replacement is sampled (a function of the data: the same for any number of processes)
+    sample_uniforms: bool = False
 
     def __post_init__(self) -> None:
         minimum = 5 if self.nsp else 3
@@ -92,6 +99,9 @@ class BertInstanceConfig(MaskingSettings):
             raise PretuneError(f"--dupe-factor must be at least 1, got {self.dupe_factor}")
         if int(self.chunk_docs) < 1:
             raise PretuneError(f"chunk_docs must be at least 1, got {self.chunk_docs}")
+        if not (0.0 <= self.mask_fraction and 0.0 <= self.random_fraction and self.mask_fraction + self.random_fraction <= 1.0):
+            raise PretuneError(f"mask_fraction {self.mask_fraction} and random_fraction {self.random_fraction} must be "
+                               "non-negative and add up to at most 1")
 
     @property
     def max_tokens(self) -> int:
@@ -317,13 +327,17 @@ def _apply_masks(
     r: np.ndarray,
     mask_id: int,
     random_ids: np.ndarray,
+    mask_fraction: float = 0.8,
+    random_fraction: float = 0.1,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """80% [MASK], 10% a random non-special token, 10% unchanged; labels -100 in unused slots."""
+    """80% [MASK], 10% a random non-special token, 10% unchanged (other shares as given; ELECTRA
+    85/0/15); labels -100 in unused slots."""
     rows = np.arange(ids.shape[0])[:, None]
     original = ids[rows, pos]
     labels = np.where(valid, original, -100).astype(np.int64)
     rand = random_ids[np.minimum((r * random_ids.size).astype(np.int64), random_ids.size - 1)]
-    new = np.where(u < 0.8, mask_id, np.where(u < 0.9, original, rand))
+    # u in [mask_fraction, 1 - random_fraction) keeps the token: BERT's default draws as before
+    new = np.where(u < mask_fraction, mask_id, np.where(u < 1.0 - random_fraction, original, rand))
     out = ids.copy()
     rr, cc = np.nonzero(valid)
     out[rr, pos[rr, cc]] = new[rr, cc]
@@ -431,7 +445,8 @@ class _BertBuilder:
         k = _num_to_predict(special, cfg.mask_prob, cfg.max_predictions)
         pos, valid = _select_positions(special, _uniforms(seeds, t, 1), k, cfg.max_predictions, starts)
         p = cfg.max_predictions
-        masked, labels = _apply_masks(ids, pos, valid, _uniforms(seeds, p, 2), _uniforms(seeds, p, 3), self.mask, self.random_ids)
+        masked, labels = _apply_masks(ids, pos, valid, _uniforms(seeds, p, 2), _uniforms(seeds, p, 3), self.mask, self.random_ids,
+                                      cfg.mask_fraction, cfg.random_fraction)
         batch: dict[str, torch.Tensor | None] = {
             "input_ids": torch.from_numpy(masked),
             "token_type_ids": torch.from_numpy(types),
@@ -441,6 +456,8 @@ class _BertBuilder:
         }
         if cfg.nsp:
             batch["nsp_labels"] = torch.from_numpy(inst.nsp.copy())
+        if cfg.sample_uniforms:
+            batch["sample_uniforms"] = torch.from_numpy(_uniforms(seeds, p, 4).astype(np.float32))
         return batch
 
     def create(self, doc_ids: np.ndarray, unit_seed: int) -> Instances:

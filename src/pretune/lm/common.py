@@ -14,7 +14,7 @@ from pretune.errors import PretuneError
 
 # Parts a family's language-model output needs; a checkpoint that lacks them (all-MiniLM-L6-v2 is a
 # BertModel: no MLM head) would predict from freshly initialised weights.
-OUTPUT_PARTS = {"bert": ("mlm.",), "gpt": ("lm_head.",)}
+OUTPUT_PARTS = {"bert": ("mlm.",), "electra": ("mlm.",), "gpt": ("lm_head.",)}
 
 
 @dataclass
@@ -61,15 +61,18 @@ def load_trained(spec: str, family: str | None, *, roles: Mapping[str, str] | No
         raise PretuneError(f"--model {spec}: no tokenizer files (tokenizer.json, vocab.txt or vocab.json)")
     tokenizer.set_roles(roles or {})
     loaded = load_model(spec, tokenizer=tokenizer)
-    if family is not None and loaded.config.family != family:
+    masked = family == "bert"  # a masked LM: BERT, or an ELECTRA generator
+    if family is not None and not (loaded.config.family == family or (masked and loaded.config.encoder)):
         raise PretuneError(f"--model {spec}: {verb} needs a {family.upper()}, this is a {loaded.config.family.upper()}")
     family = loaded.config.family
     fresh = sorted(k for k in loaded.missing if k.startswith(OUTPUT_PARTS[family]))
     if fresh:
+        wanted = {"bert": "BertForMaskedLM, BertForPreTraining or a pretune-pretrained BERT",
+                  "electra": "an ELECTRA generator: the generator/ directory of a pretune ELECTRA run, or ElectraForMaskedLM",
+                  "gpt": "a GPT LM-head checkpoint"}[family]
         raise PretuneError(
-            f"--model {spec}: the checkpoint has no trained {'masked-LM head' if family == 'bert' else 'LM output layer'} "
-            f"({len(fresh)} tensors such as {fresh[0]} would be random); {verb} needs one "
-            f"({'BertForMaskedLM, BertForPreTraining or a pretune-pretrained BERT' if family == 'bert' else 'a GPT LM-head checkpoint'})"
+            f"--model {spec}: the checkpoint has no trained {'LM output layer' if family == 'gpt' else 'masked-LM head'} "
+            f"({len(fresh)} tensors such as {fresh[0]} would be random); {verb} needs one ({wanted})"
         )
     dev = resolve_device(device)
     return ReadyModel(loaded.model.to(dev).eval(), tokenizer, resolve_precision(precision, dev), spec)

@@ -19,31 +19,41 @@ from pretune.models.fused_ce import linear_cross_entropy
 
 
 class Pooler(nn.Module):
-    """Dense + tanh on the hidden state of the first token (``[CLS]``)."""
+    """Dense + tanh on the hidden state of the first token (``[CLS]``): BERT's pooler.
 
-    def __init__(self, cfg: ModelConfig) -> None:
+    ELECTRA has no pooler; its fine-tuning head (Hugging Face's ``ElectraClassificationHead``)
+    starts the same way with GELU instead of tanh and a dropout before the dense layer:
+    ``act="gelu"``, ``dropout=p``.
+    """
+
+    def __init__(self, cfg: ModelConfig, act: str = "tanh", dropout: float = 0.0) -> None:
         super().__init__()
         self.dense = nn.Linear(cfg.hidden, cfg.hidden)
+        self.act = torch.tanh if act == "tanh" else activation(act)
+        self.drop = nn.Dropout(dropout)
 
     def forward(self, hidden: Tensor) -> Tensor:
-        return torch.tanh(self.dense(hidden[:, 0]))
+        return self.act(self.dense(self.drop(hidden[:, 0])))
 
 
 class MLMHead(nn.Module):
     """Transform (dense, GELU, LayerNorm), then the decoder plus an output bias.
 
     The decoder is the token embedding (tied, as in BERT) unless ``cfg.tie_embeddings`` is off;
-    then it is a weight of its own (``decoder.weight``).
+    then it is a weight of its own (``decoder.weight``). The transform maps the hidden size to the
+    embedding size (the same in BERT; ELECTRA's generator predicts through its narrower shared
+    embeddings, with GELU whatever its ``activation``: ``act``).
     """
 
-    def __init__(self, cfg: ModelConfig) -> None:
+    def __init__(self, cfg: ModelConfig, act: str | None = None) -> None:
         super().__init__()
-        self.dense = nn.Linear(cfg.hidden, cfg.hidden)
-        self.act = activation(cfg.activation)
-        self.norm = nn.LayerNorm(cfg.hidden, eps=cfg.layer_norm_eps)
+        width = cfg.embedding_size
+        self.dense = nn.Linear(cfg.hidden, width)
+        self.act = activation(act or cfg.activation)
+        self.norm = nn.LayerNorm(width, eps=cfg.layer_norm_eps)
         self.bias = nn.Parameter(torch.zeros(cfg.vocab_size))
         if not cfg.tie_embeddings:
-            self.decoder = nn.Linear(cfg.hidden, cfg.vocab_size, bias=False)
+            self.decoder = nn.Linear(width, cfg.vocab_size, bias=False)
 
     def transform(self, hidden: Tensor) -> Tensor:
         return self.norm(self.act(self.dense(hidden)))

@@ -27,14 +27,18 @@ def activation(name: str):
 
 
 class Embeddings(nn.Module):
-    """Token + learned position (+ segment) embeddings, optional LayerNorm, dropout."""
+    """Token + learned position (+ segment) embeddings, optional LayerNorm, dropout.
+
+    ``cfg.embedding_size`` wide (the hidden size, except in ELECTRA-style models, whose
+    :class:`Transformer` projects them up)."""
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
-        self.tok = nn.Embedding(cfg.vocab_size, cfg.hidden, padding_idx=None)
-        self.pos = nn.Embedding(cfg.max_positions, cfg.hidden)
-        self.seg = nn.Embedding(cfg.type_vocab_size, cfg.hidden) if cfg.type_vocab_size else None
-        self.norm = nn.LayerNorm(cfg.hidden, eps=cfg.layer_norm_eps) if cfg.embed_norm else None
+        width = cfg.embedding_size
+        self.tok = nn.Embedding(cfg.vocab_size, width, padding_idx=None)
+        self.pos = nn.Embedding(cfg.max_positions, width)
+        self.seg = nn.Embedding(cfg.type_vocab_size, width) if cfg.type_vocab_size else None
+        self.norm = nn.LayerNorm(width, eps=cfg.layer_norm_eps) if cfg.embed_norm else None
         self.drop = nn.Dropout(cfg.dropout)
         self.max_positions = cfg.max_positions
 
@@ -243,12 +247,14 @@ class LayerCache:
 
 
 class Transformer(nn.Module):
-    """Embeddings followed by ``n_layers`` blocks (and a final LayerNorm when pre-LN)."""
+    """Embeddings (projected to the hidden size when narrower, as in ELECTRA) followed by
+    ``n_layers`` blocks (and a final LayerNorm when pre-LN)."""
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.cfg = cfg
         self.embeddings = Embeddings(cfg)
+        self.embeddings_project = nn.Linear(cfg.embedding_size, cfg.hidden) if cfg.embedding_size != cfg.hidden else None
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
         self.norm_f = nn.LayerNorm(cfg.hidden, eps=cfg.layer_norm_eps) if cfg.norm == "pre" else None
 
@@ -262,6 +268,7 @@ class Transformer(nn.Module):
         last_rows: Tensor | None = None,
         positions: Tensor | None = None,
         cache: KVCache | None = None,
+        embeddings: nn.Module | None = None,
     ) -> tuple[Tensor, list[Tensor]]:
         """Final hidden states ``(b, t, h)``, and every layer's output when asked (embeddings first).
 
@@ -276,6 +283,10 @@ class Transformer(nn.Module):
         ``positions``: each token's position (default 0 .. t-1 after the cache's positions).
         ``cache``: decoding (see :class:`KVCache`); ``padding_mask`` then covers the cached positions
         and the new ones, ``(b, cache.length + t)``, and may be None when nothing is padding.
+
+        ``embeddings``: another model's embedding module to use instead of this one's (ELECTRA's
+        generator reads the discriminator's; :mod:`pretune.models.electra`). The hidden states
+        listed by ``output_hidden_states`` start with the (projected) embeddings.
         """
         b, t = input_ids.shape
         past = 0 if cache is None else cache.length
@@ -285,7 +296,9 @@ class Transformer(nn.Module):
             if positions is None:
                 positions = torch.arange(past, past + t, device=input_ids.device)[None]
         mask = attention_mask(padding_mask, self.cfg.causal, t, past)
-        x = self.embeddings(input_ids, token_type_ids, positions)
+        x = (self.embeddings if embeddings is None else embeddings)(input_ids, token_type_ids, positions)
+        if self.embeddings_project is not None:
+            x = self.embeddings_project(x)
         states = [x] if output_hidden_states else []
         last = len(self.blocks) - 1
         for i, block in enumerate(self.blocks):

@@ -258,7 +258,7 @@ class QuestionAnswering(TaskFamily):
         return split_squad_by_article(examples, fraction, seed)
 
     def check_model(self, model_family: str) -> None:
-        if model_family != "bert":
+        if model_family == "gpt":
             raise PretuneError(
                 "span QA is BERT-only: a GPT reads left to right and the GPT-1 recipe has no start/end "
                 "span head; fine-tune a BERT model for qa / korquad"

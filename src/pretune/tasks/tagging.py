@@ -91,7 +91,7 @@ def tagging_features(tok: Any, examples: Sequence[TaggingExample], max_seq_len: 
     ``features[i]["word_starts"]`` holds, per word, the position of its first sub-token (-1 for a
     word that was cut off or produced no token); predictions are read there.
     """
-    bert = model_family == "bert"
+    bert = model_family != "gpt"  # an encoder: [CLS] ... [SEP] (BERT, ELECTRA)
     prefix, suffix = ([tok.cls_id], [tok.sep_id]) if bert else ([tok.start_id], [tok.extract_id])
     n_special = len(prefix) + len(suffix)
     room, cut = budget(max_seq_len, n_special), Cut(no_truncate, max_seq_len)

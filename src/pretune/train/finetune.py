@@ -68,7 +68,7 @@ DEFAULT_GPT_LM_COEF = 0.5
 def _check_tokenizer(tokenizer: Any, family: str, spec: str) -> None:
     if tokenizer is None:
         raise PretuneError(f"--model {spec}: has no tokenizer files; pass --tokenizer DIR")
-    if family == "bert" and not (tokenizer.has_role("cls") and tokenizer.has_role("sep")):
+    if family != "gpt" and not (tokenizer.has_role("cls") and tokenizer.has_role("sep")):
         raise PretuneError("a BERT needs a tokenizer whose [CLS] and [SEP] tokens are known (a WordPiece vocab.txt has "
                            "them; name others with the tokenizer config's cls_token and sep_token)")
     if family == "gpt" and tokenizer.kind == "wordpiece":

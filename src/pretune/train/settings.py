@@ -104,11 +104,28 @@ class MaskingSettings:
     short_seq_prob: float = setting(0.1, check=between(0, 1), help="BERT: fraction of documents cut to a random shorter target length")
 
 
+Objective = Literal["auto", "mlm", "clm", "electra"]
+
+
+@dataclass
+class ElectraSettings:
+    """ELECTRA's generator and objective (google-research/electra's defaults)."""
+
+    generator_size: float = setting(0.25, check=between(0, 1, low_open=True),
+                                    help="ELECTRA: the generator's hidden size as a fraction of the discriminator's")
+    generator_layers: float = setting(1.0, check=between(0, 1, low_open=True),
+                                      help="ELECTRA: the generator's layers as a fraction of the discriminator's")
+    disc_weight: float = setting(50.0, check=positive, help="ELECTRA: weight of the replaced-token loss (the generator's MLM loss has 1)")
+
+
 @dataclass
 class PretrainSettings:
     """Everything ``pretune pretrain`` takes."""
 
-    model: str | None = setting(None, help="preset (bert-tiny ... gpt1), a config .json, or a model directory to continue")
+    model: str | None = setting(None, help="preset (bert-tiny ... gpt1, electra-small ...), a config .json, or a model directory to continue")
+    objective: Objective = setting(
+        "auto", help="mlm: BERT's masked LM (+ NSP unless --no-nsp); clm: GPT's causal LM; electra: replaced-token detection "
+        "with a small generator (a BERT preset becomes an ELECTRA discriminator of its shape); auto: the model family's own")
     tokenizer: str | None = setting(None, help="tokenizer directory (default: the model directory's)")
     data: list[str] | None = setting(None, metavar="FILE",
                                      help=".txt/.txt.gz/.jsonl files; BERT: one sentence per line, a blank line between documents")
@@ -125,6 +142,7 @@ class PretrainSettings:
     workers: int | None = setting(None, check=at_least(0), help="processes for tokenization (default: the CPU count, at most 8)")
     overrides: dict[str, Any] = model_overrides()
     masking: MaskingSettings = nested(MaskingSettings)
+    electra: ElectraSettings = nested(ElectraSettings)
     trainer: TrainSettings = nested(TrainSettings)
 
     resume_may_change: ClassVar[tuple[str, ...]] = ("max_steps", "eval_batches", "workers", "cache_dir")
@@ -218,6 +236,6 @@ class EvaluateSettings(Inputs, Runtime):
 
 
 __all__ = [
-    "Columns", "EvaluateSettings", "FinetuneSettings", "Inputs", "MaskingSettings", "PretrainSettings", "Runtime",
+    "Columns", "ElectraSettings", "EvaluateSettings", "FinetuneSettings", "Inputs", "MaskingSettings", "PretrainSettings", "Runtime",
     "TASK_HELP", "TrainSettings", "device_name", "parse_overrides",
 ]

@@ -517,7 +517,9 @@ class Trainer:
             ids = batch.get("input_ids")
             window.tokens += int(ids.numel()) if isinstance(ids, torch.Tensor) else 0
             batch = self._to_device(batch)
-            if denominator is not None:
+            if isinstance(denominator, dict):
+                batch["loss_denominator"] = {k: torch.tensor(v, dtype=torch.float32, device=self.device) for k, v in denominator.items()}
+            elif denominator is not None:
                 batch["loss_denominator"] = torch.tensor(denominator, dtype=torch.float32, device=self.device)
             with self._grad_sync(i == len(micro) - 1), autocast(self.device, self.precision):
                 loss = self.step_fn(model, batch).loss
@@ -543,23 +545,34 @@ class Trainer:
         except StopIteration:
             raise PretuneError("the training data ran out before --max-steps; it must repeat (epochs)") from None
 
-    def _loss_scales(self, micro: list[dict[str, Any]]) -> list[tuple[float, float | None]]:
+    def _loss_scales(self, micro: list[dict[str, Any]]) -> list[tuple[float, Any]]:
         """Each micro-batch's loss multiplier and token-loss denominator (see the class docstring).
 
         With ``n`` examples and ``t`` loss items in a micro-batch, ``N`` and ``T`` their sums over
         the step's ``A`` micro-batches and ``W`` ranks: accumulation divides each loss by ``A`` and
         DDP averages over ``W``, so ``scale = A * W * n / N`` weighs each micro-batch's mean by its
         share of the examples, and a token-level sum divided by ``T * n / N`` contributes
-        ``sum / T``. Equal micro-batches: scale 1 and denominator ``T / (A * W)``.
+        ``sum / T``. Equal micro-batches: scale 1 and denominator ``T / (A * W)``. A ``loss_items``
+        that returns a dict counts the items of several token-level losses (ELECTRA: masked tokens
+        and real tokens); the denominators are then a dict with the same keys.
         """
         n = [batch_size_of(b) for b in micro]
-        items = [self.loss_items(b) for b in micro] if self.loss_items is not None else [None]
-        counted = all(t is not None for t in items)
-        local = torch.tensor([sum(n), float(sum(int(t) for t in items)) if counted else 0.0], dtype=torch.float64)
+        items = [self.loss_items(b) for b in micro] if self.loss_items is not None else []
+        if any(t is None for t in items):  # a mean over examples only
+            items = []
+        named = bool(items) and isinstance(items[0], dict)
+        names = sorted(items[0]) if named else (["items"] if items else [])
+        counts = [[float(t[k]) for k in names] if named else [float(t)] for t in items]
+        local = torch.tensor([sum(n), *[sum(c[j] for c in counts) for j in range(len(names))]], dtype=torch.float64)
         # the counts are on the host; only ranks need them on the device (NCCL), where .tolist() syncs
-        total, tokens = (all_sum(local.to(self.device), self.dist) if self.dist.enabled else local).tolist()
+        total, *tokens = (all_sum(local.to(self.device), self.dist) if self.dist.enabled else local).tolist()
         parts = len(micro) * self.dist.world_size
-        return [(parts * k / total, max(tokens, 1.0) * k / total if counted else None) for k in n]
+
+        def denominator(k: int) -> Any:
+            values = {name: max(t, 1.0) * k / total for name, t in zip(names, tokens)}
+            return values if named else values.get("items")
+
+        return [(parts * k / total, denominator(k)) for k in n]
 
     def _grad_sync(self, last: bool) -> Any:
         """Gradients are synchronised across ranks on a step's last micro-batch only."""
