@@ -1,7 +1,8 @@
 """Training under ``torchrun`` (2 processes, gloo, CPU) equals the one-process run with the same
 global batch, step by step, for every training path: BERT pretraining with and without NSP (whole
-words, gradient accumulation), GPT pretraining under a time budget, fine-tuning of every task
-family with both model families, FSDP2 (pretraining, fine-tuning, and resuming sharded state),
+words, gradient accumulation), ELECTRA pretraining (DDP with accumulation and a time budget, FSDP2,
+resumed), GPT pretraining under a time budget, fine-tuning of every task family with every model
+family, FSDP2 (pretraining, fine-tuning, and resuming sharded state),
 resuming under DDP; only rank 0 writes, and every saved model loads (in one process, and in
 transformers). One torchrun launch runs all the cases (``tests/dist_cases.py``), beside one plain
 process running the same cases as the reference.
@@ -82,7 +83,7 @@ def _finetune(d: Path, family: str, kind: str, *extra: str, name: str | None = N
     task, stem, ext, columns = FAMILIES[kind]
     out = name or f"ft-{family}-{kind}"
     argv = [
-        "finetune", "--model", f"{family}-tiny", "--tokenizer", str(d / ("wp" if family == "bert" else "bpe")),
+        "finetune", "--model", f"{family}-tiny", "--tokenizer", str(d / ("bpe" if family == "gpt" else "wp")),
         "--task", task, "--train", str(d / f"{stem}_train.{ext}"), "--validation", str(d / f"{stem}_dev.{ext}"),
         "--out", "{root}/" + out, "--epochs", "2", "--batch-size", "8", "--max-seq-len", "32", "--lr", "1e-3",
         "--log-every", "1", "--seed", "1", *TINY, *columns, *extra,
@@ -93,7 +94,13 @@ def _finetune(d: Path, family: str, kind: str, *extra: str, name: str | None = N
 def _cases(d: Path) -> list[dict]:
     resume_bert = _pretrain(d, "bert", "bert-nsp", "--save-every", "2", "--resume", "--max-steps", "6")
     resume_fsdp = _pretrain(d, "bert", "bert-fsdp", "--save-every", "2", "--fsdp", "--resume", "--max-steps", "6")
+    electra = ("--objective", "electra", "--generator-size", "0.5")
+    resume_electra = _pretrain(d, "bert", "electra-fsdp", *electra, "--save-every", "2", "--fsdp", "--resume", "--max-steps", "6")
     return [
+        _pretrain(d, "bert", "electra", *electra, "--grad-accum", "2", "--time-budget", "100000"),
+        _pretrain(d, "bert", "electra-fsdp", *electra, "--save-every", "2", "--fsdp"),
+        {**resume_electra, "name": "electra-fsdp-resumed"},
+        *[_finetune(d, "electra", kind) for kind in ("cls", "qa", "tag")],
         _pretrain(d, "bert", "bert-nsp", "--save-every", "2"),
         {**resume_bert, "name": "bert-nsp-resumed"},  # continues the run above under DDP, 2 more steps
         _pretrain(d, "bert", "bert-mlm", "--no-nsp", "--whole-word-mask", "--grad-accum", "2"),
@@ -174,29 +181,34 @@ def test_only_rank_zero_writes(runs) -> None:
     assert any(str(two / "bert-fsdp" / "checkpoints") in w for w in reports["report-two"]["writes"])  # the hook sees writes
 
 
-@pytest.mark.parametrize("name", ["bert-nsp", "bert-mlm", "gpt", "bert-fsdp"])
+@pytest.mark.parametrize("name", ["bert-nsp", "bert-mlm", "gpt", "bert-fsdp", "electra", "electra-fsdp"])
 def test_pretraining_equals_one_process(runs, name: str) -> None:
     one, two, _, _ = runs
     _same_curve(one / name, two / name)
     results = json.loads((two / name / "pretrain_results.json").read_text())
     assert results["world_size"] == 2 and results["fsdp"] == name.endswith("fsdp")
-    assert results["steps"] == (6 if name in ("bert-nsp", "bert-fsdp") else 4)  # the resumed runs added 2 steps
-    a, b = (read_weights(run / name / "model.safetensors") for run in (one, two))
-    assert a.keys() == b.keys() and ("nsp.weight" in a) == (name in ("bert-nsp", "bert-fsdp"))  # --no-nsp: no NSP head
-    for key in a:
-        assert torch.allclose(a[key], b[key], atol=1e-5), key
-    load_model(two / name)  # a model directory like any other
+    assert results["steps"] == (6 if name in ("bert-nsp", "bert-fsdp", "electra-fsdp") else 4)  # the resumed runs added 2 steps
+    for model in (name, f"{name}/generator") if name.startswith("electra") else (name,):
+        a, b = (read_weights(run / model / "model.safetensors") for run in (one, two))
+        assert a.keys() == b.keys() and ("nsp.weight" in a) == (name in ("bert-nsp", "bert-fsdp"))  # --no-nsp: no NSP head
+        for key in a:
+            assert torch.allclose(a[key], b[key], atol=1e-5), key
+        load_model(two / model)  # a model directory like any other
+    if name.startswith("electra"):
+        assert results["objective"] == "electra" and "val_disc_accuracy" in results["eval_at_end"]
 
 
 @pytest.mark.parametrize("name", [f"ft-{f}-{k}" for f in ("bert", "gpt") for k in FAMILIES if (f, k) != ("gpt", "qa")]
-                         + ["ft-gpt-tag-fsdp", "ft-bert-mc-fsdp", "ft-gpt-pair-resumed"])
+                         + ["ft-gpt-tag-fsdp", "ft-bert-mc-fsdp", "ft-gpt-pair-resumed", "ft-electra-cls", "ft-electra-qa",
+                            "ft-electra-tag"])
 def test_finetuning_equals_one_process(runs, name: str) -> None:
     one, two, _, _ = runs
     _same_curve(one / name, two / name)
     a, b = (json.loads((run / name / "eval_results.json").read_text()) for run in (one, two))
     # 29 examples, batch 8: 4 steps an epoch, the last on 5 examples (QA: windows; --grad-accum 2: half)
     # (resumed for a third epoch: 12)
-    assert a["steps"] == b["steps"] == {"ft-bert-qa": a["steps"], "ft-gpt-tag-fsdp": 4, "ft-gpt-pair-resumed": 12}.get(name, 8)
+    assert a["steps"] == b["steps"] == {"ft-bert-qa": a["steps"], "ft-electra-qa": a["steps"], "ft-gpt-tag-fsdp": 4,
+                                        "ft-gpt-pair-resumed": 12}.get(name, 8)
     for metric, value in a["validation"].items():  # scored by rank 0 from the directory as saved
         assert b["validation"][metric] == pytest.approx(value, abs=1e-3), metric
 

@@ -69,23 +69,25 @@ def _losses(run: Path) -> list[tuple[int, float]]:
     return [(r["step"], r["loss"]) for r in rows if "loss" in r]
 
 
-def _bert_args(corpus: Path, tok: Path, out: Path, steps: int) -> list[str]:
+def _bert_args(corpus: Path, tok: Path, out: Path, steps: int, *extra: str) -> list[str]:
     return [
-        "pretrain", "--model", "bert-tiny", "--tokenizer", str(tok), "--data", str(corpus), "--out", str(out),
+        "pretrain", "--model", "bert-tiny", *extra, "--tokenizer", str(tok), "--data", str(corpus), "--out", str(out),
         "--max-steps", str(steps), "--batch-size", "8", "--seq-len", "32", "--lr", "1e-3", "--warmup-steps", "2",
         "--log-every", "1", "--save-every", "4", "--eval-batches", "2", "--seed", "3", *TINY,
     ]
 
 
-def test_sigkill_right_after_a_checkpoint_then_resume_is_bit_exact(korean, tmp_path: Path) -> None:
+@pytest.mark.parametrize("objective", ["mlm", "electra"])
+def test_sigkill_right_after_a_checkpoint_then_resume_is_bit_exact(korean, tmp_path: Path, objective: str, capsys) -> None:
     # Every run is a separate process with the same environment (1 thread), as a user would run
     # them: bit-exactness is a property of the same code, data and thread count.
     corpus, tok = korean
     steps = 12
+    extra = ("--objective", objective)
     full = tmp_path / "full"
-    _cli(_bert_args(corpus, tok, full, steps))
+    _cli(_bert_args(corpus, tok, full, steps, *extra))
     killed = tmp_path / "killed"
-    cmd = [sys.executable, "-m", "pretune", *_bert_args(corpus, tok, killed, steps)]
+    cmd = [sys.executable, "-m", "pretune", *_bert_args(corpus, tok, killed, steps, *extra)]
     proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.time() + 120
     while not (killed / "checkpoints" / "step-4" / "trainer_state.pt").exists():
@@ -95,14 +97,24 @@ def test_sigkill_right_after_a_checkpoint_then_resume_is_bit_exact(korean, tmp_p
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (killed / "model.safetensors").exists()  # it died mid-run
-    _cli([*_bert_args(corpus, tok, killed, steps), "--resume"])
+    _cli([*_bert_args(corpus, tok, killed, steps, *extra), "--resume"])
     assert _losses(killed) == _losses(full)  # every step, bit for bit
     assert len(_losses(full)) == steps
     # The run directory is a normal model directory.
     assert main(["embed", "--model", str(killed), "--pool", "cls", "영화 최고"]) == 0
     assert main(["convert", "--to-hf", str(killed), "--out", str(tmp_path / "hf")]) == 0
     results = json.loads((killed / "pretrain_results.json").read_text())
-    assert results["steps"] == steps and (killed / "loss.png").is_file()
+    assert results["steps"] == steps and (killed / "loss.png").is_file() and results["objective"] == objective
+    hf_class = json.loads((tmp_path / "hf" / "config.json").read_text())["architectures"]
+    assert hf_class == (["BertForPreTraining"] if objective == "mlm" else ["ElectraForPreTraining"])
+    if objective == "electra":  # the generator is a model directory of its own: a masked LM
+        capsys.readouterr()
+        assert main(["fill-mask", "--model", str(killed / "generator"), "--top-k", "2", "영화 [MASK]"]) == 0
+        assert "영화" in capsys.readouterr().out
+        assert main(["fill-mask", "--model", str(killed), "영화 [MASK]"]) == 2  # the discriminator has no masked-LM head
+        assert "generator/" in capsys.readouterr().err
+        assert main(["convert", "--to-hf", str(killed / "generator"), "--out", str(tmp_path / "hf-gen")]) == 0
+        assert json.loads((tmp_path / "hf-gen" / "config.json").read_text())["architectures"] == ["ElectraForMaskedLM"]
 
 
 def test_gpt_loss_falls_on_shakespeare(english, tmp_path: Path) -> None:

@@ -230,6 +230,8 @@ def pretrain(s: PretrainSettings) -> dict[str, Any]:
     }
     if objective == "electra":
         summary["generator"] = asdict(model.generator.cfg)
+    if objective == "mlm":
+        summary["nsp"] = s.masking.nsp
     write_json(out / "pretrain_results.json", summary)
     return summary
 

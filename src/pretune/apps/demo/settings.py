@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 from pretune.settings import at_least, between, positive, setting
 from pretune.train.settings import Precision, device_name
@@ -25,7 +26,10 @@ class DemoSettings:
     budgets: list[int] = setting(factory=lambda: [500, 2000, 10000], check=at_least(1), help="label budgets")
     test_sample: int = setting(5000, check=at_least(1), help="test reviews scored")
     validation_size: int = setting(500, check=at_least(1), help="training reviews held out for validation")
-    model: str = setting("bert-tiny", help="BERT preset to pretrain and compare")
+    model: str = setting("bert-tiny", help="BERT preset to pretrain and compare (its shape; ELECTRA trains a discriminator of it)")
+    objective: Literal["mlm-nsp", "mlm", "electra"] = setting(
+        "mlm-nsp", help="pretraining objective: BERT's masked LM + next-sentence prediction, masked LM only, or ELECTRA's "
+        "replaced-token detection (docs/demo.md compares them at the demo's budget)")
     gpt_model: str = setting("gpt-mini", help="GPT preset (--gpt, --analysis)")
     vocab_size: int = setting(8000, check=at_least(1), help="tokenizer vocabulary")
     tokenizer_lines: int = setting(300_000, check=at_least(1), help="corpus lines the tokenizer is trained on")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import shutil
 from pathlib import Path
 from typing import Any
@@ -46,19 +47,32 @@ def _pretrain_settings(kind: str, corpus: Path, tokenizer_dir: Path, out: Path, 
         precision=demo_precision(s), time_budget_s=seconds, progress=s.progress,
         save_every=s.analysis_save_every if analysis else 0, keep_last=1_000_000 if analysis else 1,
     )
+    bert = kind == "bert"
     return PretrainSettings(
-        model=s.model if kind == "bert" else s.gpt_model, tokenizer=str(tokenizer_dir), data=[str(corpus)],
+        model=s.model if bert else s.gpt_model, tokenizer=str(tokenizer_dir), data=[str(corpus)],
+        objective=("electra" if s.objective == "electra" else "mlm") if bert else "clm",
         out=str(out / f"pretrain-{kind}"), max_steps=1_000_000,  # the time budget ends the run; the schedule follows the clock
         batch_size=s.pretrain_batch, seq_len=s.seq_len, cache_dir=str(out / "data-cache"),
-        masking=MaskingSettings(mask_prob=s.mask_prob), trainer=trainer,
+        masking=MaskingSettings(mask_prob=s.mask_prob, nsp=s.objective == "mlm-nsp"), trainer=trainer,
         overrides={"max_positions": max(s.seq_len, s.finetune_seq_len), "dropout": s.pretrain_dropout,
                    "attn_dropout": s.pretrain_dropout},
     )
 
 
 def pretrained_exists(kind: str, out: Path, s: DemoSettings) -> bool:
-    """Whether a finished pretraining run of ``kind`` is in ``out`` and is to be reused (not --fresh)."""
-    return (out / f"pretrain-{kind}" / "pretrain_results.json").is_file() and not s.fresh
+    """Whether a finished pretraining run of ``kind`` with this ``--objective`` is in ``out`` and is
+    to be reused (not --fresh)."""
+    path = out / f"pretrain-{kind}" / "pretrain_results.json"
+    if s.fresh or not path.is_file():
+        return False
+    if kind != "bert":
+        return True
+    done = json.loads(path.read_text(encoding="utf-8"))
+    objective = "electra" if done.get("objective") == "electra" else ("mlm-nsp" if done.get("nsp", True) else "mlm")
+    if objective != s.objective:
+        print(f"{path.parent} was pretrained with --objective {objective}; pretraining again with {s.objective}")
+        return False
+    return True
 
 
 def prepare_stage(kind: str, corpus: Path, tokenizer_dir: Path, out: Path, s: DemoSettings) -> None:
@@ -137,6 +151,8 @@ def scratch_config(preset_name: str, tok_dir: Path, s: DemoSettings, work: Path,
     if family == "gpt":
         tok.ensure_gpt_special_tokens()
     cfg = preset(preset_name, vocab_size=tok.vocab_size, max_positions=max(s.seq_len, s.finetune_seq_len))
+    if family == "bert" and s.objective == "electra":  # the twin of an ELECTRA discriminator of the preset's shape
+        cfg = cfg.replace(family="electra")
     path = work / f"scratch-{family}.json"
     cfg.save(path)
     return str(path)
