@@ -25,10 +25,10 @@ from torch import nn
 
 from pretune.checkpoint import load_model, load_tokenizer, model_source, save_model
 from pretune.data.pretraining import BertInstanceConfig, BertPretrainingStream, GPTPretrainingStream
-from pretune.models.electra import ELECTRA, ElectraPretraining, electra_loss_items, generator_config
 from pretune.data.shards import PreparedCorpus, prepare_corpus
 from pretune.errors import PretuneError
 from pretune.io import write_json
+from pretune.models.electra import ELECTRA, ElectraPretraining, electra_loss_items, generator_config
 from pretune.report import plot_training
 from pretune.tokenizer import Tokenizer
 from pretune.train.distributed import Dist, all_sum, check_global_batch, init_distributed, on_main, shard
@@ -36,7 +36,6 @@ from pretune.train.rundir import prepare_out, saved_settings
 from pretune.train.settings import PretrainSettings
 from pretune.train.trainer import TrainConfig, Trainer, seed_everything
 from pretune.validate import pretrain_settings
-
 
 GENERATOR_DIR = "generator"  # an ELECTRA run directory's generator, a model directory of its own
 OBJECTIVES = {"bert": "mlm", "gpt": "clm", "electra": "electra"}  # each family's own
