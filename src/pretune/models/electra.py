@@ -167,10 +167,15 @@ def generator_config(cfg: ModelConfig, size: float = 0.25, layers: float = 1.0) 
     )
 
 
-def sample_from_logits(logits: Tensor, uniforms: Tensor, temperature: float = 1.0) -> Tensor:
+@torch.no_grad()
+def sample_from_logits(logits: Tensor, uniforms: Tensor, temperature: float = 1.0, *, log_probs: bool = False) -> Tensor:
     """One token per row of ``logits`` (n, vocab), drawn from softmax(logits / temperature) by
-    inverting its cumulative distribution at ``uniforms`` (n,) in [0, 1)."""
-    probs = torch.softmax(logits.float() / temperature, dim=-1)
+    inverting its cumulative distribution at ``uniforms`` (n,) in [0, 1). ``log_probs``: the rows
+    are already log-probabilities (at temperature 1), so no softmax is needed."""
+    if log_probs and temperature == 1.0:
+        probs = logits.float().exp()
+    else:
+        probs = torch.softmax(logits.float() if temperature == 1.0 else logits.float() / temperature, dim=-1)
     cdf = probs.cumsum(-1)
     picked = torch.searchsorted(cdf, (uniforms.float() * cdf[:, -1]).unsqueeze(-1), right=True).squeeze(-1)
     return picked.clamp(max=logits.shape[-1] - 1)
@@ -238,10 +243,12 @@ class ElectraPretraining(nn.Module):
         hidden, _ = self.generator.body(input_ids, padding_mask=padding_mask, token_type_ids=token_type_ids,
                                         last_rows=mlm_positions, embeddings=shared)
         targets = mlm_labels.flatten()
-        logits = self.generator.mlm(hidden.flatten(0, 1), shared.tok.weight)
-        mlm_sum = F.cross_entropy(logits.float(), targets, ignore_index=-100, reduction="sum")
         valid = targets != -100
-        sampled = sample_from_logits(logits.detach(), sample_uniforms.flatten(), self.temperature)
+        # one log-softmax serves the loss and the sampling (at this vocabulary the (n, vocab)
+        # element-wise work costs as much as the generator's matmuls)
+        logp = torch.log_softmax(self.generator.mlm(hidden.flatten(0, 1), shared.tok.weight).float(), dim=-1)
+        mlm_sum = -(logp.gather(1, targets.clamp(min=0).unsqueeze(1)).squeeze(1) * valid).sum()
+        sampled = sample_from_logits(logp.detach(), sample_uniforms.flatten(), self.temperature, log_probs=True)
         corrupted, replaced = _corrupt(input_ids, mlm_positions, sampled.view_as(mlm_positions), mlm_labels)
         disc_hidden, _ = self.discriminator.body(corrupted, padding_mask=padding_mask, token_type_ids=token_type_ids)
         disc_logits = self.discriminator.disc(disc_hidden)
@@ -249,10 +256,9 @@ class ElectraPretraining(nn.Module):
         denominators = loss_denominator or {}
         mlm_loss = mlm_sum / denominators.get("mlm", valid.sum().clamp(min=1))
         disc_loss = disc_sum / denominators.get("tokens", metrics["disc_tokens"].clamp(min=1))
-        metrics.update(
-            mlm_loss_sum=mlm_sum.detach(), mlm_tokens=valid.sum(), mlm_correct=((logits.argmax(-1) == targets) & valid).sum(),
-            sampled_original=((sampled == targets) & valid).sum(),
-        )
+        metrics.update(mlm_loss_sum=mlm_sum.detach(), mlm_tokens=valid.sum(), sampled_original=((sampled == targets) & valid).sum())
+        if not self.training:  # the generator's accuracy, for held-out evaluation (an argmax over (n, vocab) a step would not use)
+            metrics["mlm_correct"] = ((logp.argmax(-1) == targets) & valid).sum()
         keep = dict(disc_logits=disc_logits, corrupted=corrupted, replaced=replaced) if return_logits else {}
         return ElectraPretrainingOutput(mlm_loss + self.disc_weight * disc_loss, metrics, mlm_loss, disc_loss, **keep)
 
