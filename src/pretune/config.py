@@ -145,6 +145,21 @@ class ModelConfig:
         return cls.from_dict(data, source=str(path))
 
 
+# Each family's own pretraining objective, and the families each objective trains (``--objective``)
+OBJECTIVES = {"bert": "mlm", "gpt": "clm", "electra": "electra"}
+OBJECTIVE_FAMILIES = {"mlm": ("bert",), "clm": ("gpt",), "electra": ("bert", "electra")}
+
+
+def objective_for(objective: str, family: str, model: str | None = None) -> str:
+    """The objective a pretraining run trains: ``objective``, or the family's own for ``auto``;
+    a family the objective cannot train is a one-line error naming ``--objective``."""
+    chosen = OBJECTIVES[family] if objective == "auto" else objective
+    fits = OBJECTIVE_FAMILIES[chosen]
+    if family not in fits:
+        raise PretuneError(f"--objective {chosen} trains a {' or '.join(fits)} model, but --model {model} is a {family}")
+    return chosen
+
+
 def field_names() -> list[str]:
     return [f.name for f in dataclasses.fields(ModelConfig)]
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from pretune.checkpoint import ModelSource, model_config, model_source
-from pretune.config import ModelConfig
+from pretune.config import ModelConfig, objective_for
 from pretune.errors import PretuneError
 from pretune.io import check_out_place
 from pretune.settings import check_ranges
@@ -149,6 +149,7 @@ def pretrain_settings(s: Any) -> None:
     """``pretune pretrain``: ranges, files, --out, the model, lengths and memory, before any work."""
     check_ranges(s)
     source, cfg = _model_and_out(s, _paths(s.data or [], "--data"))
+    objective_for(s.objective, cfg.family, s.model)
     check_length("--seq-len", s.seq_len, cfg, source)
     if source.fresh and "max_positions" not in s.overrides:
         cfg = cfg.replace(max_positions=max(s.seq_len, 128))  # what pretraining builds

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from pretune.checkpoint import load_model, load_tokenizer, model_source, save_model
+from pretune.config import objective_for
 from pretune.data.pretraining import BertInstanceConfig, BertPretrainingStream, GPTPretrainingStream
 from pretune.data.shards import PreparedCorpus, prepare_corpus
 from pretune.errors import PretuneError
@@ -38,17 +39,7 @@ from pretune.train.trainer import TrainConfig, Trainer, seed_everything
 from pretune.validate import pretrain_settings
 
 GENERATOR_DIR = "generator"  # an ELECTRA run directory's generator, a model directory of its own
-OBJECTIVES = {"bert": "mlm", "gpt": "clm", "electra": "electra"}  # each family's own
 CORPUS_MODE = {"mlm": "bert", "electra": "bert", "clm": "gpt"}  # sentences in documents, or one token stream
-
-
-def objective_of(s: PretrainSettings, family: str) -> str:
-    """The objective a run trains: ``--objective``, or the model family's own."""
-    objective = OBJECTIVES[family] if s.objective == "auto" else s.objective
-    fits = {"mlm": ("bert",), "clm": ("gpt",), "electra": ("bert", "electra")}[objective]
-    if family not in fits:
-        raise PretuneError(f"--objective {objective} trains a {' or '.join(fits)} model, but --model {s.model} is a {family}")
-    return objective
 
 
 def build(s: PretrainSettings) -> tuple[nn.Module, Tokenizer, str]:
@@ -73,7 +64,7 @@ def build(s: PretrainSettings) -> tuple[nn.Module, Tokenizer, str]:
             f"the tokenizer has {tokenizer.vocab_size} tokens but the model's vocab_size is {loaded.config.vocab_size}"
         )
     family = loaded.config.family
-    objective = objective_of(s, family)
+    objective = objective_for(s.objective, family, s.model)
     if tokenizer.kind == "wordpiece" and objective == "clm":
         raise PretuneError("a GPT needs a BPE tokenizer with <|endoftext|>; train one with --kind bpe")
     if tokenizer.kind == "bpe" and objective != "clm":
