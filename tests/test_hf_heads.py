@@ -20,6 +20,8 @@ from pretune.inference import load_finetuned
 from pretune.models import build_model
 from pretune.tasks import TaskModel, TaskSpec, get_family, get_recipe
 from pretune.tokenizer import train_tokenizer
+from pretune.train.finetune import build_task_model
+from pretune.train.settings import FinetuneSettings
 
 transformers = pytest.importorskip("transformers")
 
@@ -357,6 +359,11 @@ def test_predict_and_evaluate_run_a_transformers_classifier(tmp_path: Path, caps
                      "--no-progress"]) == 0
     accuracy = sum(p["label"] == y for p, (_, y) in zip(preds, rows)) / len(rows)
     assert json.loads((tmp_path / "eval.json").read_text())["accuracy"] == pytest.approx(accuracy)
+    # fine-tuning it further starts from its head (same task, same labels)
+    recipe = get_recipe("classification", text_col="review", label_col="stars")
+    settings = FinetuneSettings(model=str(tmp_path / "hf"), task="classification")
+    model, _, new = build_task_model(settings, recipe, recipe.read(tmp_path / "data.tsv", train=True))
+    assert torch.equal(model.head.out.weight, theirs.classifier.weight) and new == ("head.",)
 
 
 def test_similarity_mode_without_pairs_exports(tmp_path: Path) -> None:
