@@ -27,7 +27,8 @@ transformers = pytest.importorskip("transformers")
 
 TOL = 1e-5
 pytestmark = pytest.mark.usefixtures("one_thread")
-PRESETS = {"bert": "bert-tiny", "openai-gpt": "gpt-tiny", "gpt2": "gpt2"}
+PRESETS = {"bert": "bert-tiny", "electra": "electra-tiny", "openai-gpt": "gpt-tiny", "gpt2": "gpt2"}
+EXTRA = {"electra": {"embedding_size": 16}}  # ELECTRA's embeddings narrower than the hidden size, projected up
 LABELS = {"classification": ["neg", "neu", "pos"], "tagging": ["O", "B-X", "I-X", "B-Y"]}
 AUTO = {
     "classification": "AutoModelForSequenceClassification", "regression": "AutoModelForSequenceClassification",
@@ -61,7 +62,8 @@ def _spec(family: str, labels: list[str] | None = None, **fields) -> TaskSpec:
 def _finetuned(directory: Path, arch: str, family: str, *, seed: int = 0, tie: bool = True, **fields) -> TaskModel:
     """A pretune fine-tuned model directory (random weights), as `pretune finetune` saves one."""
     torch.manual_seed(seed)
-    cfg = preset(PRESETS[arch], vocab_size=99, n_layers=2, hidden=32, n_heads=4, max_positions=64, tie_embeddings=tie)
+    cfg = preset(PRESETS[arch], vocab_size=99, n_layers=2, hidden=32, n_heads=4, max_positions=64, tie_embeddings=tie,
+                 **EXTRA.get(arch, {}))
     spec = _spec(family, LABELS.get(family), **fields)
     model = TaskModel(build_model(cfg), spec, get_family(family))
     _randomise(model)
@@ -129,6 +131,11 @@ EXPORTS = [
     ("bert", "tagging", "BertForTokenClassification"),
     ("bert", "qa", "BertForQuestionAnswering"),
     ("bert", "multiple-choice", "BertForMultipleChoice"),
+    ("electra", "classification", "ElectraForSequenceClassification"),
+    ("electra", "regression", "ElectraForSequenceClassification"),
+    ("electra", "tagging", "ElectraForTokenClassification"),
+    ("electra", "qa", "ElectraForQuestionAnswering"),
+    ("electra", "multiple-choice", "ElectraForMultipleChoice"),
     ("openai-gpt", "classification", "OpenAIGPTForSequenceClassification"),
     ("openai-gpt", "regression", "OpenAIGPTForSequenceClassification"),
     ("openai-gpt", "multiple-choice", "OpenAIGPTDoubleHeadsModel"),
@@ -140,7 +147,7 @@ EXPORTS = [
 
 @pytest.mark.parametrize("arch,family,cls", EXPORTS, ids=[f"{a}-{f}" for a, f, _ in EXPORTS])
 def test_export_gives_transformers_the_same_logits(tmp_path: Path, arch: str, family: str, cls: str, capsys) -> None:
-    gpt = arch != "bert"
+    gpt = arch in ("openai-gpt", "gpt2")
     fields = {"pair_mode": "entailment"} if gpt else {}  # one ordering: what one transformers sequence holds
     _finetuned(tmp_path / "ft", arch, family, **fields)
     assert cli.main(["convert", "--to-hf", str(tmp_path / "ft"), "--out", str(tmp_path / "hf")]) == 0
@@ -249,12 +256,21 @@ IMPORTS = [
     ("BertForTokenClassification", "tagging", {"id2label": {0: "O", 1: "B-X", 2: "I-X", 3: "B-Y"}}),
     ("BertForQuestionAnswering", "qa", {}),
     ("BertForMultipleChoice", "multiple-choice", {}),
+    ("ElectraForSequenceClassification", "classification", {"id2label": {0: "neg", 1: "neu", 2: "pos"}}),
+    ("ElectraForSequenceClassification", "regression", {"num_labels": 1}),
+    ("ElectraForTokenClassification", "tagging", {"id2label": {0: "O", 1: "B-X", 2: "I-X", 3: "B-Y"}}),
+    ("ElectraForQuestionAnswering", "qa", {}),
+    ("ElectraForMultipleChoice", "multiple-choice", {}),
 ]
 
 
 def _hf_bert(directory: Path, cls: str, **config) -> Path:
-    cfg = transformers.BertConfig(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                                  intermediate_size=37, max_position_embeddings=64, **config)
+    """A tiny random transformers BERT or ELECTRA fine-tuned class, saved."""
+    if cls.startswith("Electra"):
+        config.setdefault("embedding_size", 16)
+    config_cls = transformers.ElectraConfig if cls.startswith("Electra") else transformers.BertConfig
+    cfg = config_cls(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
+                     max_position_embeddings=64, **config)
     torch.manual_seed(0)
     model = getattr(transformers, cls)(cfg).eval()
     _randomise(model)
@@ -287,10 +303,11 @@ def test_placeholder_label_names_become_class_ids(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("arch,family", [("openai-gpt", "classification"), ("gpt2", "multiple-choice"),
-                                         ("gpt2", "tagging"), ("bert", "classification")])
+                                         ("gpt2", "tagging"), ("bert", "classification"),
+                                         ("electra", "multiple-choice")])
 def test_pretune_export_reads_back_as_the_same_fine_tuned_model(tmp_path: Path, arch: str, family: str) -> None:
     """Round trip: pretune -> transformers -> pretune keeps the task (its record) and the logits."""
-    gpt = arch != "bert"
+    gpt = arch in ("openai-gpt", "gpt2")
     model = _finetuned(tmp_path / "ft", arch, family, pair_mode="entailment", columns={"text_col": "review"})
     assert cli.main(["convert", "--to-hf", str(tmp_path / "ft"), "--out", str(tmp_path / "hf")]) == 0
     back = load_model(tmp_path / "hf")
@@ -374,3 +391,13 @@ def test_similarity_mode_without_pairs_exports(tmp_path: Path) -> None:
     theirs = transformers.AutoModelForSequenceClassification.from_pretrained(tmp_path / "hf").eval()
     batch = _batch(True, seed=4)
     assert _compare(_ours(model, batch), _theirs(theirs, "regression", batch, True), batch, False) <= TOL
+
+
+def test_head_tensors_without_a_named_class_are_a_clear_error(tmp_path: Path) -> None:
+    """An old checkpoint whose config.json names no architectures: say which class to name."""
+    hf_dir = _hf_bert(tmp_path / "hf", "BertForSequenceClassification", num_labels=2)
+    config = json.loads((hf_dir / "config.json").read_text())
+    del config["architectures"]
+    (hf_dir / "config.json").write_text(json.dumps(config))
+    with pytest.raises(PretuneError, match=r"classifier\.bias belong to a fine-tuned class.*BertForSequenceClassification"):
+        load_model(hf_dir)

@@ -14,7 +14,10 @@ Each tensor row says how the tensors relate:
   ``c_attn`` is already fused in the same order, so it is only transposed).
 
 Import and export read the same rows and the same key table, so the two directions cannot
-disagree. ``transformers`` is never imported here: a checkpoint directory is ``config.json`` plus
+disagree. :data:`HEADS` extends them to fine-tuned classes (``BertForSequenceClassification``,
+``ElectraForQuestionAnswering``, ``GPT2DoubleHeadsModel`` ...): one row per class, saying which
+task families it holds and how its head's tensors and config keys map to pretune's task head.
+``transformers`` is never imported here: a checkpoint directory is ``config.json`` plus
 ``model.safetensors`` (or ``pytorch_model.bin``).
 """
 
@@ -411,7 +414,7 @@ class Head:
     model_type: str  # the Arch it extends
     cls: str  # transformers' class
     families: tuple[str, ...]  # the pretune task families it holds
-    rules: tuple[Rule, ...]  # pretune ``head.*`` -> its head's tensors (top-level names)
+    rules: tuple[Rule, ...]  # pretune ``head.*`` (and a pooler the Arch lacks) -> its head's tensors (top-level names)
     keeps: tuple[str, ...] = ()  # optional backbone parts it holds beside ``body.*`` (BERT's pooler, an LM layer)
     labels: bool = False  # num_labels sizes its output layer: id2label / label2id are written and read
     problem_type: bool = False  # "single_label_classification" or "regression" is written
@@ -457,9 +460,26 @@ HEADS: list[Head] = [
          dropout_key="classifier_dropout"),
     # start logits are output 0, end logits output 1, in transformers as in pretune
     Head("bert", "BertForQuestionAnswering", ("qa",), _linear("head.out", "qa_outputs"), labels=True),
+    # ELECTRA has no pooler of its own: pretune's ELECTRA pooler (dropout, dense, GELU on [CLS]) is
+    # the first half of transformers' ElectraClassificationHead and of its multiple-choice summary
+    Head("electra", "ElectraForSequenceClassification", _CLASSES,
+         (*_linear("pooler.dense", "classifier.dense"), *_linear("head.out", "classifier.out_proj")),
+         labels=True, problem_type=True, dropout_key="classifier_dropout"),
+    Head("electra", "ElectraForMultipleChoice", ("multiple-choice",),
+         (*_linear("pooler.dense", "sequence_summary.summary"), *_linear("head.out", "classifier")),
+         config={"summary_type": "first", "summary_use_proj": True, "summary_proj_to_labels": False,
+                 "summary_activation": "gelu"}),
+    Head("electra", "ElectraForTokenClassification", ("tagging",), _linear("head.out", "classifier"), labels=True,
+         dropout_key="classifier_dropout"),
+    Head("electra", "ElectraForQuestionAnswering", ("qa",), _linear("head.out", "qa_outputs"), labels=True),
     *_gpt_heads("openai-gpt", "OpenAIGPT", tagging=False),
     *_gpt_heads("gpt2", "GPT2", tagging=True),
 ]
+
+
+def _out(head: Head) -> Rule:
+    """The rule of the head's output layer (``head.out.weight``), whose rows are the head's outputs."""
+    return next(rule for rule in head.rules if rule.ours == "head.out.weight")
 
 
 def head_for(cfg: ModelConfig, family: str) -> Head | None:
@@ -517,7 +537,7 @@ def head_to_hf(head: Head, state: dict[str, Tensor], cfg: ModelConfig) -> dict[s
                            state[f"{norm}.bias"])
         if folded is None:
             return None
-        out[head.rules[0].theirs[0]] = folded.contiguous()
+        out[_out(head).theirs[0]] = folded.contiguous()
     return out
 
 
@@ -573,6 +593,14 @@ def split_head(hf: dict[str, Any], state: dict[str, Tensor], source: str) -> tup
     """
     head = head_of_hf(hf)
     if head is None:
+        rows = [h for h in HEADS if h.model_type == hf.get("model_type")]
+        known = sorted({t for h in rows for rule in h.rules for t in rule.theirs} & set(state))
+        if known:  # e.g. an old checkpoint whose config.json names no architectures
+            raise PretuneError(
+                f"{source}: tensors such as {known[0]} belong to a fine-tuned class, but architectures "
+                f"{hf.get('architectures')} names none; set it to the class the model was trained as "
+                f"({', '.join(h.cls for h in rows)})"
+            )
         return state, None
     names = [t for rule in head.rules for t in rule.theirs]
     absent = [t for t in names if t not in state]
@@ -580,7 +608,7 @@ def split_head(hf: dict[str, Any], state: dict[str, Tensor], source: str) -> tup
         raise PretuneError(f"{source}: a {head.cls} checkpoint without its head's tensor(s) {absent}")
     body = {k: v for k, v in state.items() if k not in names}
     theirs = {t: state[t] for t in names}
-    n = theirs[head.rules[0].theirs[0]].shape[0]
+    n = theirs[_out(head).theirs[0]].shape[0]
     record = hf.get(TASK_KEY) if isinstance(hf.get(TASK_KEY), dict) else None
     family, why = head.families[0], None
     if len(head.families) > 1:  # sequence classification: classes or a score
