@@ -630,8 +630,8 @@ def split_head(hf: dict[str, Any], state: dict[str, Tensor], source: str) -> tup
         tensors["head.out.bias"] = torch.zeros(weight.shape[0], dtype=weight.dtype)
     labels = None
     if head.labels and family in ("classification", "tagging"):
-        names_ = _label_names(hf, n, source)
-        keep = record is not None and record.get("labels") == names_
-        labels = names_ if keep or not _placeholder(names_) else [str(i) for i in range(n)]
+        given = _label_names(hf, n, source)
+        keep = record is not None and record.get("labels") == given
+        labels = given if keep or not _placeholder(given) else [str(i) for i in range(n)]
     dropout = hf.get(head.dropout_key) if head.dropout_key else None
     return body, HeadImport(head, family, tensors, labels, dropout, record)
