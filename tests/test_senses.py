@@ -12,7 +12,13 @@ import pytest
 import torch
 
 from pretune.apps.demo import DemoSettings
-from pretune.apps.demo.probes import CORPUS_LINES, SENSE_LINES, SENSE_WORD, SENSES_DATA, contextual_embedding_stage
+from pretune.apps.demo.probes import (
+    CORPUS_LINES,
+    SENSE_LINES,
+    SENSE_WORD,
+    SENSES_DATA,
+    contextual_embedding_stage,
+)
 from pretune.apps.demo.report import senses_section
 from pretune.checkpoint import load_model, save_model
 from pretune.cli import main
@@ -110,20 +116,10 @@ def test_minilm_separates_the_senses_of_bank_above_its_embedding_layer() -> None
 @pytest.fixture(scope="module")
 def korean_bert(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("ko")
-    (root / "text.txt").write_text("\n".join(t for _, t in read_senses(SENSES_DATA)) + "\n", encoding="utf-8")
-    tok = train_tokenizer([root / "text.txt"], "wordpiece", 400, min_frequency=1, show_progress=False)
-    torch.manual_seed(123)  # not the untrained twin's seed
-    return save_model(root / "bert", build_model(preset("bert-tiny", vocab_size=tok.vocab_size, max_positions=64)), tok)
-
-
-@pytest.fixture(scope="module")
-def korean_bert_both(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """As korean_bert, with a vocabulary of both Korean sets' sentences (the demo probes both)."""
-    root = tmp_path_factory.mktemp("ko2")
-    text = [t for path in (SENSES_DATA, BYEOL) for _, t in read_senses(path)]
+    text = [t for path in (SENSES_DATA, BYEOL) for _, t in read_senses(path)]  # the demo probes both sets
     (root / "text.txt").write_text("\n".join(text) + "\n", encoding="utf-8")
     tok = train_tokenizer([root / "text.txt"], "wordpiece", 600, min_frequency=1, show_progress=False)
-    torch.manual_seed(123)
+    torch.manual_seed(123)  # not the untrained twin's seed
     return save_model(root / "bert", build_model(preset("bert-tiny", vocab_size=tok.vocab_size, max_positions=64)), tok)
 
 
@@ -159,15 +155,15 @@ def test_senses_command_writes_json_and_plots(korean_bert: Path, tmp_path: Path,
     assert "--word '비' does not occur" in capsys.readouterr().err
 
 
-def test_demo_stage_probes_the_model_and_its_untrained_twin(korean_bert_both: Path, tmp_path: Path) -> None:
+def test_demo_stage_probes_the_model_and_its_untrained_twin(korean_bert: Path, tmp_path: Path) -> None:
     """Both sets, each the library's probe of the pretrained model and of the untrained twin."""
     from pretune.senses import untrained_twin
 
-    result = contextual_embedding_stage(korean_bert_both, tmp_path, DemoSettings())
+    result = contextual_embedding_stage(korean_bert, tmp_path, DemoSettings())
     assert len(result["cosine"]) == 6  # the six-sentence example is kept
     probes = result["probes"]
     assert list(probes) == ["nun-ko", "byeol-ko"]
-    loaded = load_model(korean_bert_both)
+    loaded = load_model(korean_bert)
     twin = untrained_twin(loaded.model, DemoSettings().seed)
     for name, stem in (("nun-ko", "senses"), ("byeol-ko", "senses_byeol")):
         word, path = SENSE_SETS[name]
