@@ -52,7 +52,7 @@ def test_layer_scores_on_vectors_with_known_answers() -> None:
 
 def test_the_sentence_sets(tmp_path: Path) -> None:
     sets = (("nun-ko", SENSES_DATA, SENSE_WORD, {"snow": 24, "eye": 24}), ("bank-en", BANK, "bank", {"river": 24, "money": 24}),
-            ("byeol-ko", BYEOL, "별", {"star": 32, "particular": 32}))
+            ("byeol-ko", BYEOL, "별", {"star": 48, "particular": 48}))
     for name, path, word, senses in sets:
         assert sense_set(name, None) == (path, word)  # `pretune senses --data NAME` finds the file and its word
         rows = read_senses(path)
@@ -175,6 +175,6 @@ def test_demo_stage_probes_the_model_and_its_untrained_twin(korean_bert: Path, t
         assert probes[name]["pretrained"]["layers"] != probes[name]["untrained"]["layers"]  # different weights
         assert (tmp_path / f"{stem}_accuracy.png").is_file() and (tmp_path / f"{stem}_cosine.png").is_file()
     section = senses_section(result)
-    assert '"눈" in 48 sentences (24 snow, 24 eye' in section and '"별" in 64 sentences (32 star, 32 particular' in section
-    assert section.count("Chance 0.49.") == 2  # 23/47 and 31/63
+    assert '"눈" in 48 sentences (24 snow, 24 eye' in section and '"별" in 96 sentences (48 star, 48 particular' in section
+    assert section.count("Chance 0.49.") == 2  # 23/47 and 47/95
     assert section.count("\n| ") == 8  # a header and a row per layer, for each set
