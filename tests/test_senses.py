@@ -178,3 +178,30 @@ def test_demo_stage_probes_the_model_and_its_untrained_twin(korean_bert: Path, t
     assert '"눈" in 48 sentences (24 snow, 24 eye' in section and '"별" in 96 sentences (48 star, 48 particular' in section
     assert section.count("Chance 0.49.") == 2  # 23/47 and 47/95
     assert section.count("\n| ") == 8  # a header and a row per layer, for each set
+
+
+def test_demo_stage_leaves_out_sentences_longer_than_the_model(korean_bert: Path, tmp_path: Path) -> None:
+    """A demo run with short sequences gives its model few positions: the probes leave out the
+    sentences that do not fit (the report says how many), and skip a set with a sense left under two."""
+    tok = load_model(korean_bert).tokenizer
+    results = {}
+    for positions in (22, 12):
+        torch.manual_seed(123)
+        short = save_model(tmp_path / f"short{positions}", build_model(preset("bert-tiny", vocab_size=tok.vocab_size,
+                                                                               max_positions=positions)), tok)
+        result = results[positions] = contextual_embedding_stage(short, tmp_path / f"out{positions}", DemoSettings())
+        section = senses_section(result)
+        for name in ("nun-ko", "byeol-ko"):
+            rows = read_senses(SENSE_SETS[name][1])
+            fits = [s for s, t in rows if len(tok.backend.encode(t, add_special_tokens=False).ids) <= positions - 2]
+            assert result["left_out"][name] == len(rows) - len(fits)
+            if min(fits.count(s) for s in {s for s, _ in rows}) >= 2:
+                assert result["probes"][name]["pretrained"]["senses"] == {s: fits.count(s) for s in dict.fromkeys(fits)}
+                if len(fits) < len(rows):
+                    assert f"{len(rows) - len(fits)} longer than the model's positions left out" in section
+            else:
+                assert name not in result["probes"] and "\nNot probed: " in section
+                assert f"`{name}` ({len(rows) - len(fits)} of its sentences are longer than the model's positions)" in section
+    # both cases happen: at 22 positions 별's set is probed without its longer sentences, at 12 it is not probed
+    assert results[22]["left_out"]["byeol-ko"] > 0 and "byeol-ko" in results[22]["probes"]
+    assert "byeol-ko" not in results[12]["probes"]

@@ -56,20 +56,42 @@ def contextual_embedding_table(model_dir: Path) -> dict[str, Any]:
     }
 
 
+def fitting_rows(model: Any, tokenizer: Any, rows: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """The ``(sense, sentence)`` rows whose sentence the model takes whole: a demo run with short
+    ``--seq-len`` and ``--finetune-seq-len`` gives its model few positions."""
+    from pretune.embed import encode_for_model
+    from pretune.errors import PretuneError
+
+    kept = []
+    for sense, text in rows:
+        try:
+            encode_for_model(model, tokenizer, text)
+        except PretuneError:  # longer than the model's positions
+            continue
+        kept.append((sense, text))
+    return kept
+
+
 def contextual_embedding_stage(model_dir: Path, out: Path, s: DemoSettings) -> dict[str, Any]:
     """The "눈" example (:func:`contextual_embedding_table`) and the sense probes of
     :data:`PROBE_SETS`: the pretrained model at every layer (layer 0, the embeddings, is the
     near-static baseline) against its untrained twin (same config, fresh weights, ``s.seed``);
-    plots ``<stem>_accuracy.png`` and ``<stem>_cosine.png`` of each set into ``out``."""
+    plots ``<stem>_accuracy.png`` and ``<stem>_cosine.png`` of each set into ``out``. Sentences
+    longer than the model's positions are left out (counted in ``left_out``); a set left with fewer
+    than two sentences of a sense is not probed."""
     loaded = load_model(model_dir)
     models = {"pretrained": loaded.model, "untrained": untrained_twin(loaded.model, s.seed)}
-    probes = {}
+    probes, left_out = {}, {}
     for name, stem in PROBE_SETS.items():
         word, path = SENSE_SETS[name]
         rows = read_senses(path)
-        probes[name] = {k: sense_probe(model, loaded.tokenizer, rows, word) for k, model in models.items()}
+        kept = fitting_rows(loaded.model, loaded.tokenizer, rows)
+        left_out[name] = len(rows) - len(kept)
+        if min(sum(x == sense for x, _ in kept) for sense in {x for x, _ in rows}) < 2:
+            continue
+        probes[name] = {k: sense_probe(model, loaded.tokenizer, kept, word) for k, model in models.items()}
         plot_probes(probes[name], out, stem)
-    return {**contextual_embedding_table(model_dir), "probes": probes}
+    return {**contextual_embedding_table(model_dir), "probes": probes, "left_out": left_out}
 
 
 @torch.no_grad()
@@ -129,4 +151,4 @@ def gpt_analysis(gpt_dir: Path, splits: dict[str, Any], out: Path, s: DemoSettin
 
 
 __all__ = ["CORPUS_LINES", "EYE", "PROBE_SETS", "SENSES_DATA", "SENSE_LINES", "SENSE_WORD", "SNOW", "ZERO_SHOT",
-           "contextual_embedding_stage", "contextual_embedding_table", "gpt_analysis", "zero_shot_accuracy"]
+           "contextual_embedding_stage", "contextual_embedding_table", "fitting_rows", "gpt_analysis", "zero_shot_accuracy"]

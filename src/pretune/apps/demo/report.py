@@ -65,7 +65,11 @@ def cosine_table(emb: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _probe_section(name: str, probes: dict[str, Any], stem: str) -> str:
+def _left_out(n: int) -> str:
+    return f", {n} longer than the model's positions left out" if n else ""
+
+
+def _probe_section(name: str, probes: dict[str, Any], stem: str, left_out: int) -> str:
     """One set's probe: the pretrained model against its untrained twin, layer by layer."""
     from pretune.senses import SENSE_SETS, chance_accuracy, probe_table
 
@@ -73,8 +77,8 @@ def _probe_section(name: str, probes: dict[str, Any], stem: str) -> str:
     best = max(pre["layers"][1:], key=lambda x: x["nn_accuracy"])
     senses = ", ".join(f"{n} {sense}" for sense, n in pre["senses"].items())
     return (
-        f"\n#### \"{pre['word']}\" in {pre['sentences']} sentences ({senses}; `src/pretune/data/senses/"
-        f"{SENSE_SETS[name][1].name}`, `pretune senses --data {name}`)\n"
+        f"\n#### \"{pre['word']}\" in {pre['sentences']} sentences ({senses}{_left_out(left_out)}; "
+        f"`src/pretune/data/senses/{SENSE_SETS[name][1].name}`, `pretune senses --data {name}`)\n"
         f"Chance {chance_accuracy(pre['senses']):.2f}. Pretrained: best transformer layer {best['layer']} at "
         f"**{best['nn_accuracy']:.2f}**, layer 0 at {pre['layers'][0]['nn_accuracy']:.2f}; the untrained twin reaches "
         f"{max(x['nn_accuracy'] for x in twin['layers'][1:]):.2f} at its best transformer layer.\n\n"
@@ -87,8 +91,10 @@ def senses_section(emb: dict[str, Any]) -> str:
     model against its untrained twin."""
     from pretune.apps.demo.probes import PROBE_SETS
 
-    probes = emb.get("probes")
-    if not probes:
+    probes, left_out = emb.get("probes") or {}, emb.get("left_out", {})
+    skipped = [f"`{name}` ({n} of its sentences are longer than the model's positions)"
+               for name, n in left_out.items() if name not in probes]
+    if not probes and not skipped:
         return ""
     return (
         "\n### The sense probes\n"
@@ -96,7 +102,8 @@ def senses_section(emb: dict[str, Any]) -> str:
         "same sense; chance is the share of other sentences of the same sense) and the mean cosine of same- and "
         "cross-sense pairs, at every layer (0 = embeddings: the token and its position, nearly static), for the "
         "pretrained model and its untrained twin (same shape, fresh weights).\n"
-        + "".join(_probe_section(name, p, PROBE_SETS[name]) for name, p in probes.items())
+        + "".join(_probe_section(name, p, PROBE_SETS[name], left_out.get(name, 0)) for name, p in probes.items())
+        + (f"\nNot probed: {', '.join(skipped)}.\n" if skipped else "")
     )
 
 
