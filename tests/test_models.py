@@ -6,7 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import Tensor
 
+from pretune import tuning
 from pretune.config import preset
 from pretune.models import build_model, core
 from pretune.models.core import _attention_with_dropout, attention_mask
@@ -206,9 +208,36 @@ def test_training_forward_uses_the_cpu_path_and_matches_sdpa_in_eval(monkeypatch
     model.train()
     model(ids)
     assert len(calls) == cfg.n_layers
-    monkeypatch.setattr(core, "CPU_DROPOUT_ATTENTION", False)
+    monkeypatch.setattr(tuning, "CPU_DROPOUT_ATTENTION", False)
     model(ids)
     assert len(calls) == cfg.n_layers  # SDPA this time
+
+
+def test_tuning_switches_change_speed_not_results(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The model code reads its speed choices from ``pretune.tuning`` when it runs: the output layer
+    + loss in chunks of 3 rows and decoding through F.linear give what the defaults give."""
+    from pretune.models.core import KVCache
+
+    torch.manual_seed(0)
+    model = build_model(preset("gpt-tiny", vocab_size=50, hidden=32, n_heads=2, n_layers=1, max_positions=16)).eval()
+    ids = torch.randint(0, 50, (2, 7))
+    hidden = torch.randn(10, 32, requires_grad=True)
+    targets = torch.randint(0, 50, (10,))
+
+    def run() -> tuple[Tensor, Tensor, Tensor]:
+        hidden.grad = None
+        total, _, _ = linear_cross_entropy(hidden, model.decoder_weight, targets)
+        total.backward()
+        with torch.no_grad():
+            logits = model.next_token_logits(ids, None, None, KVCache(1, 7))
+        return total.detach(), hidden.grad.clone(), logits
+
+    default = run()
+    monkeypatch.setattr(tuning, "CE_CHUNK_ELEMENTS", {"cpu": 3 * 50})  # 4 chunks instead of 1
+    monkeypatch.setattr(tuning, "DECODE_WEIGHT_FIRST", False)
+    switched = run()
+    for a, b in zip(default, switched):
+        assert torch.allclose(a, b, atol=1e-5)
 
 
 def test_fused_cross_entropy_row_weights_equal_the_dense_weighted_sum() -> None:

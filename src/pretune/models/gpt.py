@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from pretune import tuning
 from pretune.config import ModelConfig
 from pretune.models.core import Backbone, KVCache, ModelOutput, init_weights
 from pretune.models.fused_ce import linear_cross_entropy
@@ -58,9 +59,8 @@ class GPT(Backbone):
         """Logits (b, vocab) of the token after each row's last position, the new positions' keys
         and values appended to ``cache`` (``padding_mask`` covers the cached positions too)."""
         hidden, _ = self.body(input_ids, padding_mask=padding_mask, positions=positions, cache=cache)
-        # (vocab, hidden) @ (hidden, b) reads the output matrix in its stored order; F.linear's
-        # h @ W^T took twice as long at batch 8 on a 2-core Zen 3 with MKL (docs/benchmarks.md)
-        return (self.decoder_weight @ hidden[:, -1].T).T
+        last = hidden[:, -1]
+        return (self.decoder_weight @ last.T).T if tuning.DECODE_WEIGHT_FIRST else F.linear(last, self.decoder_weight)
 
     def forward(
         self,
