@@ -10,9 +10,10 @@ from pathlib import Path
 import pytest
 
 from pretune import cli
+from pretune.data.settings import MaskingSettings
 from pretune.errors import PretuneError
 from pretune.settings import options, settings_from
-from pretune.train.settings import FinetuneSettings, MaskingSettings, PretrainSettings
+from pretune.train.settings import FinetuneSettings, PretrainSettings
 
 
 def _parsers(parser: argparse.ArgumentParser, name: str = "pretune"):

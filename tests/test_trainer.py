@@ -20,11 +20,12 @@ import pytest
 import torch
 
 from pretune.config import preset
+from pretune.data.settings import MaskingSettings
 from pretune.errors import PretuneError
 from pretune.io import write_json
 from pretune.models import build_model
 from pretune.train.rundir import check_resume, may_change, saved_settings
-from pretune.train.settings import Columns, FinetuneSettings, MaskingSettings, PretrainSettings, TrainSettings
+from pretune.train.settings import Columns, FinetuneSettings, PretrainSettings, TrainSettings
 from pretune.train.trainer import TrainConfig, Trainer, checkpoint_dirs, lr_factor, param_groups
 
 REPO = Path(__file__).resolve().parents[1]

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from pretune.errors import PretuneError
+from pretune.loader import load_ready
 
 
 @dataclass
@@ -90,19 +91,11 @@ def embed(model: nn.Module, tokenizer: Any, texts: list[str], *, layer: int = -1
 def embed_texts(model_dir: str, texts: list[str], *, layer: int = -1, pool: str | None = None, word: str | None = None,
                 truncate: bool = False, device: str = "auto", precision: str = "auto") -> Iterator[dict[str, Any]]:
     """``pretune embed``: one record per text, with its tokens and the vectors asked for (``array``)."""
-    from pretune.checkpoint import load_model
-    from pretune.precision import autocast, resolve_precision
-    from pretune.train.distributed import resolve_device
-
     if word is not None and pool is not None:
         raise PretuneError("--word and --pool are two different vectors; give one of them")
-    loaded = load_model(model_dir)
-    if loaded.tokenizer is None:
-        raise PretuneError(f"--model {model_dir}: no tokenizer files (tokenizer.json, vocab.txt or vocab.json)")
-    dev = resolve_device(device)
-    model = loaded.model.to(dev)
-    with autocast(dev, resolve_precision(precision, dev)):
-        items = embed(model, loaded.tokenizer, texts, layer=layer, pool=pool, truncate=truncate)
+    ready = load_ready(model_dir, device=device, precision=precision, verb="embed")
+    with ready.autocast():
+        items = embed(ready.model, ready.tokenizer, texts, layer=layer, pool=pool, truncate=truncate)
     for item in items:
         record: dict[str, Any] = {"text": item.text, "tokens": item.tokens}
         if word is not None:

@@ -4,13 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from dataclasses import dataclass
 from typing import Literal
 
-from pretune.errors import PretuneError
-from pretune.settings import add_command, at_least, require, setting
-from pretune.train.settings import Runtime
+from pretune.settings import Runtime, add_command, at_least, require, setting
 
 
 @dataclass
@@ -28,20 +25,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_command(sub, "embed", EmbedSettings, run, help="print contextual embeddings of texts as JSON lines")
 
 
-def read_texts(given: list[str] | None) -> list[str]:
-    """The texts of the command line, else the non-empty lines of a piped stdin."""
-    if given:
-        return list(given)
-    if sys.stdin is None or sys.stdin.isatty():
-        raise PretuneError("no text: give texts as arguments, or pipe them on stdin (one per line)")
-    texts = [line.rstrip("\n") for line in sys.stdin if line.strip()]
-    if not texts:
-        raise PretuneError("no text on stdin: every line was empty")
-    return texts
-
-
 def run(s: EmbedSettings) -> int:
     from pretune.embed import embed_texts
+    from pretune.io import read_texts
 
     require(s, "model")
     for record in embed_texts(s.model, read_texts(s.texts), layer=s.layer, pool=s.pool, word=s.word,

@@ -55,9 +55,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from pretune.data.settings import MaskingSettings
 from pretune.data.shards import PreparedCorpus, splitmix64, tokenizer_digest
 from pretune.errors import PretuneError
-from pretune.train.settings import MaskingSettings
 
 STATE_VERSION = 1
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
@@ -71,7 +71,7 @@ _TAG_DOC_PERM, _TAG_CREATE, _TAG_UNIT_SHUFFLE, _TAG_STATIC_ORDER, _TAG_EVAL, _TA
 @dataclass(kw_only=True)
 class BertInstanceConfig(MaskingSettings):
     """How BERT pretraining instances are built and masked: the user's masking settings (one
-    declaration, in :class:`pretune.train.settings.MaskingSettings`) plus the sequence length."""
+    declaration, in :class:`pretune.data.settings.MaskingSettings`) plus the sequence length."""
 
     seq_len: int
     chunk_docs: int = 1024  # documents per unit of lazy instance creation

@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from pretune.errors import PretuneError
-from pretune.lm.common import limit_to_tokenizer, pad_id, pad_rows
+from pretune.lm.common import limit_to_tokenizer, pad_rows
 from pretune.lm.settings import SamplingSettings
 from pretune.models.core import KVCache
 
@@ -208,7 +208,7 @@ def generate(
         batch = rows[first : first + batch_size]
         streams = [TextStream(tokenizer, list(s.stop or []), None if on_text is None else
                               (lambda text, r=first + j: on_text(r, text))) for j in range(len(batch))]
-        done = generate_ids(model, [encoded[p][0] for p, _ in batch], s, eos_id=eos, pad=pad_id(tokenizer),
+        done = generate_ids(model, [encoded[p][0] for p, _ in batch], s, eos_id=eos, pad=tokenizer.padding_id,
                             n_tokens=tokenizer.vocab_size, generator=generator,
                             on_token=lambda j, ids, streams=streams: streams[j].update(ids))
         for (p, k), stream, (ids, finish) in zip(batch, streams, done):

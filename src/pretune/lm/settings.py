@@ -9,8 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from pretune.errors import PretuneError
-from pretune.settings import at_least, between, check_ranges, positive, setting
-from pretune.train.settings import Runtime
+from pretune.settings import Runtime, at_least, between, check_ranges, positive, setting
 
 
 def parse_roles(items: list[str] | dict[str, str] | None) -> dict[str, str]:

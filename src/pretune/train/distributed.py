@@ -61,13 +61,10 @@ def init_distributed(device: str = "auto") -> Dist:
 
 
 def resolve_device(name: str, d: Dist = Dist()) -> torch.device:
-    if name == "auto":
-        return torch.device(f"cuda:{d.local_rank}" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise PretuneError(f"--device {name}: CUDA is not available on this machine; use --device cpu")
-    if name == "cuda" and d.enabled:
-        return torch.device(f"cuda:{d.local_rank}")
-    return torch.device(name)
+    """This rank's device for ``--device`` (:func:`pretune.precision.resolve_device`)."""
+    from pretune import precision
+
+    return precision.resolve_device(name, d.local_rank if d.enabled else None)
 
 
 def unwrap(model: nn.Module) -> nn.Module:
