@@ -46,9 +46,10 @@ def collator(model: TaskModel, tokenizer: Any) -> Collator:
     return Collator(tokenizer.padding_id, extract=model.gpt)
 
 
-def load_finetuned(model_dir: str | Path, device: str = "auto", precision: str = "auto", **changes: Any) -> Finetuned:
+def load_finetuned(model_dir: str | Path, device: str = "auto", precision: str = "auto", *, verb: str = "evaluate",
+                   **changes: Any) -> Finetuned:
     """A fine-tuned model directory -> model on the device, tokenizer and task (``changes`` to it)."""
-    ready = load_ready(model_dir, task=True, device=device, precision=precision, verb="evaluate and predict")
+    ready = load_ready(model_dir, task=True, device=device, precision=precision, verb=verb)
     spec = ready.task.replace(**changes)
     if spec.max_seq_len > ready.config.max_positions:
         raise PretuneError(f"--max-seq-len {spec.max_seq_len} is more than the model's max_positions ({ready.config.max_positions})")
@@ -145,7 +146,7 @@ def predict(model_dir: str | Path, data: str | Path, out: str | Path, *, task_na
     (multiple choice); ``id``, ``answer``, ``start`` and ``score`` (QA); ``tokens`` and ``tags``
     (tagging).
     """
-    ft = load_finetuned(model_dir, device, precision, max_seq_len=max_seq_len)
+    ft = load_finetuned(model_dir, device, precision, verb="predict", max_seq_len=max_seq_len)
     recipe = recipe_for(ft.spec, task_name, columns)
     examples = read_examples(recipe, data, limit=limit, unlabeled_ok=True)
     preds = predict_examples(ft, examples, batch_size=batch_size, no_truncate=no_truncate, progress=progress,
