@@ -49,7 +49,9 @@ class TrainSettings(Runtime):
     warmup_steps: int = setting(100, check=at_least(0), help="steps of linear warm-up")
     schedule: Schedule | None = setting(None, help="decay after warm-up: linear, cosine or constant "
                                         "(default: linear; cosine for GPT pretraining, as in GPT-1)")
-    weight_decay: float = setting(0.01, check=at_least(0), help="AdamW's decoupled weight decay (not on biases, LayerNorm, positions)")
+    weight_decay: float = setting(0.01, check=at_least(0), help="AdamW's decoupled weight decay, on what each family's reference "
+                                  "decays: BERT and ELECTRA (google-research) every weight but biases and LayerNorm, Adam eps 1e-6; "
+                                  "GPT (openai's code; GPT-2 as nanoGPT) every matrix, embeddings included, eps 1e-8")
     grad_clip: float = setting(1.0, check=at_least(0), help="clip the global gradient norm to this (0: off)")
     grad_accum: int = setting(1, check=at_least(1), help="micro-batches per optimizer step (the batch is per micro-batch)")
     log_every: int = setting(10, check=at_least(1), help="log loss and speed every K steps")
