@@ -424,6 +424,30 @@ def test_freeze_layers(work: Path, pretrained: Path, tmp_path: Path) -> None:
                              freeze_layers=5))
 
 
+def test_freeze_layers_keeps_gpt1s_new_token_rows_training(work: Path, tmp_path: Path) -> None:
+    """--freeze-layers on a GPT that gets <|start|> <|delim|> <|extract|> (and <|pad|>) added: the
+    pretrained rows of the (tied) token table stay bit-identical, with weight decay 0.01 too, while
+    the new rows, which the head reads and which were initialised at random, are trained."""
+    tok = _plain_lm_tokenizer(work)
+    torch.manual_seed(0)
+    pre = save_model(tmp_path / "gpt", build_model(preset("gpt-tiny", vocab_size=tok.vocab_size, **SMALL)), tok)
+    run = FinetuneRun(settings(work, tmp_path / "r", "classification", "gpt", model=str(pre), tokenizer=None,
+                               freeze_layers=1, epochs=1, weight_decay=0.01))
+    table = run.model.body.embeddings.tok.weight
+    v = tok.vocab_size
+    assert table.shape[0] == v + 4 and table.requires_grad
+    group = next(g for g in run.trainer.optimizer.param_groups if any(p is table for p in g["params"]))
+    assert group["weight_decay"] == 0.0
+    assert all(not p.requires_grad for p in run.model.body.embeddings.pos.parameters())
+    before = table.detach().clone()
+    run.run()
+    after = run.model.body.embeddings.tok.weight.detach()
+    assert torch.equal(after[:v], before[:v])
+    assert (after[v:] - before[v:]).abs().amax(1).min() > 0  # every new row moved
+    saved = load_finetuned(tmp_path / "r", "cpu").model.body.embeddings.tok.weight.detach()
+    assert torch.equal(saved[:v], before[:v])
+
+
 def test_transfer_layers_keeps_the_first_k(work: Path, pretrained: Path, tmp_path: Path) -> None:
     original = load_model(pretrained).model.state_dict()
     run = FinetuneRun(settings(work, tmp_path / "r", "classification", "bert", model=str(pretrained), tokenizer=None,

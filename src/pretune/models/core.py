@@ -9,6 +9,7 @@ objectives or heads.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -345,6 +346,11 @@ class Backbone(nn.Module):
     def untied_output(self) -> nn.Linear:
         """The output layer over the vocabulary when it is not tied to the token embedding."""
         raise NotImplementedError
+
+    def init_blocks(self, blocks: Iterable[nn.Module]) -> None:
+        """Initialise ``blocks`` as a new model of this family initialises its blocks."""
+        for block in blocks:
+            init_weights(block, self.cfg.initializer_range)
 
     @property
     def decoder_weight(self) -> Tensor:

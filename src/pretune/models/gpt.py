@@ -11,6 +11,7 @@ token (``pretune/tasks/``) and keeps this LM loss as an auxiliary objective. Gen
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
@@ -40,11 +41,19 @@ class GPT(Backbone):
         if not cfg.tie_embeddings:
             self.lm_head = nn.Linear(cfg.hidden, cfg.vocab_size, bias=False)
         init_weights(self, cfg.initializer_range)
-        if cfg.norm == "pre":  # GPT-2: residual projections start at std / sqrt(2 * layers)
+        self._scale_residuals(self.body.blocks)
+
+    def init_blocks(self, blocks: Iterable[nn.Module]) -> None:
+        super().init_blocks(blocks)
+        self._scale_residuals(blocks)
+
+    def _scale_residuals(self, blocks: Iterable[nn.Module]) -> None:
+        """GPT-2: residual projections start at std / sqrt(2 * layers)."""
+        if self.cfg.norm == "pre":
             with torch.no_grad():
-                for block in self.body.blocks:
+                for block in blocks:
                     for layer in (block.attn.proj, block.mlp.fc2):
-                        layer.weight.mul_((2 * cfg.n_layers) ** -0.5)
+                        layer.weight.mul_((2 * self.cfg.n_layers) ** -0.5)
 
     def untied_output(self) -> nn.Linear:
         return self.lm_head

@@ -81,8 +81,9 @@ def _same_head(saved: TaskSpec | None, spec: TaskSpec) -> bool:
     return saved is not None and saved.family == spec.family and saved.labels == spec.labels
 
 
-def load_backbone(s: FinetuneSettings) -> tuple[Any, Any]:
-    """``--model`` loaded (a preset gets the tokenizer's size), with GPT-1's tokens added."""
+def load_backbone(s: FinetuneSettings) -> tuple[Any, Any, range]:
+    """``--model`` loaded (a preset gets the tokenizer's size), with GPT-1's tokens added; returns
+    it, its tokenizer, and the token rows initialised fresh for the added tokens."""
     tokenizer = load_tokenizer(s.tokenizer)
     source = model_source(s.model)
     overrides: dict[str, Any] = dict(s.overrides)
@@ -94,12 +95,14 @@ def load_backbone(s: FinetuneSettings) -> tuple[Any, Any]:
         overrides["vocab_size"] = tokenizer.vocab_size
     loaded = load_model(s.model, overrides=overrides, tokenizer=tokenizer)
     _check_tokenizer(loaded.tokenizer, loaded.config.family, s.model)
+    fresh = range(0)
     if loaded.config.family == "gpt":
+        before = loaded.tokenizer.vocab_size
         added = loaded.tokenizer.ensure_gpt_special_tokens()
-        resize_vocab(loaded.model, loaded.tokenizer.vocab_size)
+        fresh = resize_vocab(loaded.model, loaded.tokenizer.vocab_size, new_from=before)
         if added:
             tqdm.write(f"added GPT-1 tokens {' '.join(added)} to the vocabulary (now {loaded.tokenizer.vocab_size})")
-    return loaded, loaded.tokenizer
+    return loaded, loaded.tokenizer, fresh
 
 
 def task_spec(s: FinetuneSettings, recipe: Recipe, train: Sequence[Any], cfg: Any) -> TaskSpec:
@@ -118,18 +121,20 @@ def task_spec(s: FinetuneSettings, recipe: Recipe, train: Sequence[Any], cfg: An
                        doc_stride=s.doc_stride, max_query_len=s.max_query_len, max_answer_len=s.max_answer_len)
 
 
-def build_task_model(s: FinetuneSettings, recipe: Recipe, train: Sequence[Any]) -> tuple[TaskModel, Any, tuple[str, ...]]:
-    """The model to fine-tune, its tokenizer, and the prefixes of its newly initialised layers."""
-    loaded, tokenizer = load_backbone(s)
+def build_task_model(s: FinetuneSettings, recipe: Recipe,
+                     train: Sequence[Any]) -> tuple[TaskModel, Any, tuple[str, ...], tuple[str, ...]]:
+    """The model to fine-tune, its tokenizer, the prefixes of its newly initialised layers, and the
+    parameters trained with some rows frozen (never weight-decayed)."""
+    loaded, tokenizer, fresh = load_backbone(s)
     backbone = loaded.model
     spec = task_spec(s, recipe, train, backbone.cfg)
     if s.transfer_layers is not None:
         transfer_layers(backbone, s.transfer_layers)
-    freeze_layers(backbone, s.freeze_layers)
+    partly_frozen = freeze_layers(backbone, s.freeze_layers, new_rows=fresh)
     model = TaskModel(backbone, spec, get_family(spec.family))
     if _same_head(loaded.task, spec) and loaded.head:
         model.head.load_state_dict({k[len("head."):]: v for k, v in loaded.head.items()})
-    return model, tokenizer, new_parameter_prefixes(loaded.missing)
+    return model, tokenizer, new_parameter_prefixes(loaded.missing), partly_frozen
 
 
 # --------------------------------------------------------------------------------------------
@@ -193,10 +198,13 @@ class FinetuneRun:
         if s.epochs <= 0:
             raise PretuneError(f"--epochs must be positive, got {s.epochs}")
         self._read_data()
-        self.model, self.tokenizer, new_prefixes = build_task_model(s, self.recipe, self.train_examples)
+        self.model, self.tokenizer, new_prefixes, partly_frozen = build_task_model(s, self.recipe, self.train_examples)
+        if partly_frozen and self.dist.enabled and s.trainer.fsdp:
+            raise PretuneError("--freeze-layers with --fsdp: GPT-1's new tokens must keep training in the frozen token "
+                               "table, which a sharded table cannot do; drop --fsdp (DDP replicates the model) or --freeze-layers")
         self.spec = self.model.spec
         self._build_features()
-        self._build_trainer(new_prefixes)
+        self._build_trainer(new_prefixes, partly_frozen)
 
     def _read_data(self) -> None:
         """Train, validation (a file or a split of train), optional test."""
@@ -228,7 +236,7 @@ class FinetuneRun:
         self.test_features = self._features(self.test_examples, "test")
         self.collate = collator(self.model, self.tokenizer)
 
-    def _build_trainer(self, new_prefixes: tuple[str, ...]) -> None:
+    def _build_trainer(self, new_prefixes: tuple[str, ...], partly_frozen: tuple[str, ...] = ()) -> None:
         s, d = self.settings, self.dist
         self.batches = FinetuneBatches(
             self.train_features.features, s.batch_size, self.collate, seed=s.trainer.seed, rank=d.rank,
@@ -241,7 +249,7 @@ class FinetuneRun:
         self.best: dict[str, Any] = on_main(lambda: _read_best(self.out), d) if run.resume else _fresh_best()
         # Discriminative learning rates: the body at --lr (layer-decayed), new layers at --head-lr.
         groups = param_groups(self.model, run.lr, run.weight_decay, head_lr=s.head_lr, head_prefixes=new_prefixes,
-                              layer_decay=s.layer_decay)
+                              layer_decay=s.layer_decay, no_decay=partly_frozen)
         run = dataclasses.replace(run, warmup_steps=int(s.warmup_ratio * max_steps), eval_every=self.steps_per_epoch,
                                   save_every=self.steps_per_epoch)
         tcfg = TrainConfig(out_dir=self.out, max_steps=max_steps, run=run, desc=f"finetune {self.recipe.name}",
