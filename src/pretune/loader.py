@@ -75,10 +75,11 @@ def load_ready(spec: str | Path, *, family: str | None = None, lm_output: bool =
     if source.fresh:
         raise PretuneError(f"--model {spec}: a {source.kind} has random weights; {verb} needs a trained model directory")
     tokenizer = load_tokenizer(source.path, flag="--model")
+    if tokenizer is not None:
+        tokenizer.set_roles(roles or {})
+    loaded = load_model(spec, tokenizer=tokenizer)  # a bad config or bad weights are named first
     if tokenizer is None:
         raise PretuneError(f"--model {spec}: no tokenizer files (tokenizer.json, vocab.txt or vocab.json)")
-    tokenizer.set_roles(roles or {})
-    loaded = load_model(spec, tokenizer=tokenizer)
     got = loaded.config.family
     masked = family == "bert" and loaded.config.encoder  # a masked LM: BERT, or an ELECTRA generator
     if family is not None and got != family and not masked:

@@ -14,10 +14,13 @@ from pretune.settings import Runtime, add_command, at_least, require, setting
 class EmbedSettings(Runtime):
     model: str | None = setting(None, help="pretune or Hugging Face model directory")
     layer: int = setting(-1, help="0 = embeddings, N = block N, -1 = last")
-    pool: Literal["mean", "cls"] | None = setting(None, help="one sentence vector (mean or cls) instead of one per token")
+    pool: Literal["mean", "cls"] | None = setting(None, help="one sentence vector instead of one per token: mean (over every "
+                                                  "token) or cls (an encoder's [CLS]; refused for a GPT, whose first token "
+                                                  "has seen only itself)")
     word: str | None = setting(None, help="the vector of this word in each text: its first occurrence's sub-tokens, averaged")
     truncate: bool = setting(False, help="cut texts longer than the model's maximum")
     decimals: int = setting(6, check=at_least(0), help="decimals printed")
+    batch_size: int = setting(32, check=at_least(1), help="texts per forward pass (padded; the vectors are each text's own)")
     texts: list[str] | None = setting(None, positional=True, help="texts to embed (default: lines of stdin)")
 
 
@@ -31,7 +34,7 @@ def run(s: EmbedSettings) -> int:
 
     require(s, "model")
     for record in embed_texts(s.model, read_texts(s.texts), layer=s.layer, pool=s.pool, word=s.word,
-                              truncate=s.truncate, device=s.device, precision=s.precision):
+                              truncate=s.truncate, device=s.device, precision=s.precision, batch_size=s.batch_size):
         vectors = record.pop("array")
         record["vector" if vectors.dim() == 1 else "vectors"] = [
             [round(v, s.decimals) for v in row] for row in vectors.tolist()
