@@ -302,6 +302,20 @@ def test_aux_lm_loss_is_added_iff_lm_coef_and_averaged_per_sequence(coef: float)
     # evaluation takes the logits, training steps the fused output layer + loss: the same value and gradients
     with torch.no_grad():
         assert torch.allclose(model(**batch).loss, out.loss, atol=1e-5)
+    params = [p for p in model.parameters() if p.requires_grad]
+    fused = torch.autograd.grad(out.loss, params, allow_unused=True)
+    hidden = backbone.body(batch["input_ids"], padding_mask=batch["padding_mask"])[0]  # the same, by hand, dense
+    logp = backbone.lm_logits(hidden).log_softmax(-1)
+    lm = (-torch.stack([logp[0, t, [5, 6, 9, 8, 3][t]] for t in range(5)]).mean()
+          - torch.stack([logp[1, t, [7, 3][t]] for t in range(2)]).mean()) / 2
+    dense = torch.autograd.grad(F.cross_entropy(model.head.out(hidden[torch.arange(2), torch.tensor([5, 2])]), torch.tensor([1, 0]))
+                                + coef * lm, params, allow_unused=True)
+    assert all(b is None for a, b in zip(fused, dense) if a is None) and sum(a is not None for a in fused) > 4
+    for (name, _), a, b in zip(((n, p) for n, p in model.named_parameters() if p.requires_grad), fused, dense):
+        if a is not None:
+            assert torch.allclose(a, b, atol=1e-5), name
+    tok_grad = dict(zip((n for n, p in model.named_parameters() if p.requires_grad), fused))["body.embeddings.tok.weight"]
+    assert (tok_grad[10:].abs().sum() > 0) == (coef > 0)  # the tied output layer's gradient comes from the LM loss only
 
 
 def test_aux_lm_loss_over_choices_is_the_mean_of_every_sequences_mean() -> None:
