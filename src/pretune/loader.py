@@ -78,8 +78,6 @@ def load_ready(spec: str | Path, *, family: str | None = None, lm_output: bool =
     if tokenizer is not None:
         tokenizer.set_roles(roles or {})
     loaded = load_model(spec, tokenizer=tokenizer)  # a bad config or bad weights are named first
-    if tokenizer is None:
-        raise PretuneError(f"--model {spec}: no tokenizer files (tokenizer.json, vocab.txt or vocab.json)")
     got = loaded.config.family
     masked = family == "bert" and loaded.config.encoder  # a masked LM: BERT, or an ELECTRA generator
     if family is not None and got != family and not masked:
@@ -96,6 +94,8 @@ def load_ready(spec: str | Path, *, family: str | None = None, lm_output: bool =
     if task and loaded.task is None:
         raise PretuneError(f"--model {spec}: not a fine-tuned model (its config.json has no task); fine-tune it first "
                            "with `pretune finetune`")
+    if tokenizer is None:  # after what the model itself lacks: a directory without a task is no use to evaluate
+        raise PretuneError(f"--model {spec}: no tokenizer files (tokenizer.json, vocab.txt or vocab.json)")
     dev = resolve_device(device)
     return ReadyModel(loaded.model.to(dev).eval(), tokenizer, resolve_precision(precision, dev), str(spec), loaded.config,
                       loaded.task, loaded.head, loaded.missing)

@@ -52,7 +52,7 @@ from pretune.train.distributed import (
 )
 from pretune.train.rundir import prepare_out, saved_settings
 from pretune.train.settings import FinetuneSettings
-from pretune.train.surgery import freeze_layers, resize_vocab, transfer_layers
+from pretune.train.surgery import freeze_layers, partly_frozen, resize_vocab, transfer_layers
 from pretune.train.trainer import CHECKPOINTS, TrainConfig, Trainer, param_groups, seed_everything
 from pretune.validate import finetune_settings
 
@@ -121,20 +121,18 @@ def task_spec(s: FinetuneSettings, recipe: Recipe, train: Sequence[Any], cfg: An
                        doc_stride=s.doc_stride, max_query_len=s.max_query_len, max_answer_len=s.max_answer_len)
 
 
-def build_task_model(s: FinetuneSettings, recipe: Recipe,
-                     train: Sequence[Any]) -> tuple[TaskModel, Any, tuple[str, ...], tuple[str, ...]]:
-    """The model to fine-tune, its tokenizer, the prefixes of its newly initialised layers, and the
-    parameters trained with some rows frozen (never weight-decayed)."""
+def build_task_model(s: FinetuneSettings, recipe: Recipe, train: Sequence[Any]) -> tuple[TaskModel, Any, tuple[str, ...]]:
+    """The model to fine-tune, its tokenizer, and the prefixes of its newly initialised layers."""
     loaded, tokenizer, fresh = load_backbone(s)
     backbone = loaded.model
     spec = task_spec(s, recipe, train, backbone.cfg)
     if s.transfer_layers is not None:
         transfer_layers(backbone, s.transfer_layers)
-    partly_frozen = freeze_layers(backbone, s.freeze_layers, new_rows=fresh)
+    freeze_layers(backbone, s.freeze_layers, new_rows=fresh)
     model = TaskModel(backbone, spec, get_family(spec.family))
     if _same_head(loaded.task, spec) and loaded.head:
         model.head.load_state_dict({k[len("head."):]: v for k, v in loaded.head.items()})
-    return model, tokenizer, new_parameter_prefixes(loaded.missing), partly_frozen
+    return model, tokenizer, new_parameter_prefixes(loaded.missing)
 
 
 # --------------------------------------------------------------------------------------------
@@ -198,13 +196,13 @@ class FinetuneRun:
         if s.epochs <= 0:
             raise PretuneError(f"--epochs must be positive, got {s.epochs}")
         self._read_data()
-        self.model, self.tokenizer, new_prefixes, partly_frozen = build_task_model(s, self.recipe, self.train_examples)
-        if partly_frozen and self.dist.enabled and s.trainer.fsdp:
+        self.model, self.tokenizer, new_prefixes = build_task_model(s, self.recipe, self.train_examples)
+        if partly_frozen(self.model) and self.dist.enabled and s.trainer.fsdp:
             raise PretuneError("--freeze-layers with --fsdp: GPT-1's new tokens must keep training in the frozen token "
                                "table, which a sharded table cannot do; drop --fsdp (DDP replicates the model) or --freeze-layers")
         self.spec = self.model.spec
         self._build_features()
-        self._build_trainer(new_prefixes, partly_frozen)
+        self._build_trainer(new_prefixes)
 
     def _read_data(self) -> None:
         """Train, validation (a file or a split of train), optional test."""
@@ -236,7 +234,7 @@ class FinetuneRun:
         self.test_features = self._features(self.test_examples, "test")
         self.collate = collator(self.model, self.tokenizer)
 
-    def _build_trainer(self, new_prefixes: tuple[str, ...], partly_frozen: tuple[str, ...] = ()) -> None:
+    def _build_trainer(self, new_prefixes: tuple[str, ...]) -> None:
         s, d = self.settings, self.dist
         self.batches = FinetuneBatches(
             self.train_features.features, s.batch_size, self.collate, seed=s.trainer.seed, rank=d.rank,
@@ -249,7 +247,7 @@ class FinetuneRun:
         self.best: dict[str, Any] = on_main(lambda: _read_best(self.out), d) if run.resume else _fresh_best()
         # Discriminative learning rates: the body at --lr (layer-decayed), new layers at --head-lr.
         groups = param_groups(self.model, run.lr, run.weight_decay, head_lr=s.head_lr, head_prefixes=new_prefixes,
-                              layer_decay=s.layer_decay, no_decay=partly_frozen)
+                              layer_decay=s.layer_decay, no_decay=partly_frozen(self.model))
         run = dataclasses.replace(run, warmup_steps=int(s.warmup_ratio * max_steps), eval_every=self.steps_per_epoch,
                                   save_every=self.steps_per_epoch)
         tcfg = TrainConfig(out_dir=self.out, max_steps=max_steps, run=run, desc=f"finetune {self.recipe.name}",

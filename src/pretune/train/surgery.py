@@ -69,8 +69,9 @@ def freeze_layers(model: nn.Module, k: int, *, new_rows: range = range(0)) -> tu
     through a gradient hook that zeroes the gradient of every other row, whichever way the table is
     used (input embedding, tied output layer).
 
-    Returns the names of the parameters left trainable with frozen rows: weight decay must not
-    touch them (:func:`pretune.train.trainer.param_groups`' ``no_decay``).
+    Returns the names of the parameters left trainable with frozen rows (:func:`partly_frozen`
+    finds them again in a model built on this one): weight decay must not touch them
+    (:func:`pretune.train.trainer.param_groups`' ``no_decay``).
     """
     n_layers = len(model.body.blocks)
     if not 0 <= k <= n_layers:
@@ -82,12 +83,19 @@ def freeze_layers(model: nn.Module, k: int, *, new_rows: range = range(0)) -> tu
             p.requires_grad_(False)
     if not new_rows:
         return ()
-    table = model.body.embeddings.tok.weight
-    table.requires_grad_(True)
-    keep = torch.zeros(table.shape[0], 1, dtype=table.dtype, device=table.device)
+    tok = model.body.embeddings.tok
+    tok.weight.requires_grad_(True)
+    keep = torch.zeros(tok.weight.shape[0], 1, dtype=tok.weight.dtype, device=tok.weight.device)
     keep[new_rows.start : new_rows.stop] = 1
-    table.register_hook(lambda grad: grad * keep.to(grad.dtype))
-    return (next(n for n, p in model.named_parameters() if p is table),)
+    tok.weight.register_hook(lambda grad: grad * keep.to(grad.dtype))
+    tok.trainable_rows = new_rows  # the rows the hook lets through
+    return partly_frozen(model)
+
+
+def partly_frozen(model: nn.Module) -> tuple[str, ...]:
+    """Names of the embedding tables :func:`freeze_layers` left trainable for some rows only."""
+    return tuple(f"{name}.weight" if name else "weight" for name, m in model.named_modules()
+                 if isinstance(m, nn.Embedding) and getattr(m, "trainable_rows", None) is not None)
 
 
 def transfer_layers(model: nn.Module, k: int) -> int:
@@ -105,4 +113,4 @@ def transfer_layers(model: nn.Module, k: int) -> int:
     return n_layers - k
 
 
-__all__ = ["freeze_layers", "resize_vocab", "transfer_layers"]
+__all__ = ["freeze_layers", "partly_frozen", "resize_vocab", "transfer_layers"]
