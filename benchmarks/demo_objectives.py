@@ -49,6 +49,7 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=None, help="pretraining peak rate (default: the demo's)")
     p.add_argument("--electra-lr", type=float, default=None, help="ELECTRA's pretraining peak rate (default: --lr)")
     p.add_argument("--generator-size", type=float, default=0.25)
+    p.add_argument("--temperature", type=float, default=1.0, help="ELECTRA's sampling temperature")
     p.add_argument("--mask-prob", type=float, default=None)
     p.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE", help="DemoSettings fields (JSON values)")
     return p.parse_args(argv)
@@ -77,7 +78,7 @@ def _pretrain(a: argparse.Namespace, shared: Path, work: Path, precision: str, o
     s = _settings(a, shared, precision, objective)
     ps = _pretrain_settings("bert", corpus, tokenizer, shared, a.seconds, s)
     ps.out = str(work / "pretrained")
-    ps.electra = dataclasses.replace(ps.electra, generator_size=a.generator_size)
+    ps.electra = dataclasses.replace(ps.electra, generator_size=a.generator_size, generator_temperature=a.temperature)
     if a.steps:
         ps.max_steps = a.steps
         ps.trainer = dataclasses.replace(ps.trainer, time_budget_s=0.0)

@@ -91,7 +91,8 @@ def _electra(s: PretrainSettings, discriminator: ELECTRA, source: Any, overrides
             raise PretuneError(f"{saved}: not an ELECTRA generator (family {generator.cfg.family!r})")
     else:
         generator = ELECTRA(generator_config(discriminator.cfg, s.electra.generator_size, s.electra.generator_layers))
-    return ElectraPretraining(discriminator, generator, disc_weight=s.electra.disc_weight)
+    return ElectraPretraining(discriminator, generator, disc_weight=s.electra.disc_weight,
+                              temperature=s.electra.generator_temperature)
 
 
 def _held_out_sums(model: nn.Module, batches: list[dict[str, Any]], device: torch.device, d: Dist,

@@ -89,6 +89,8 @@ class ElectraSettings:
     generator_layers: float = setting(1.0, check=between(0, 1, low_open=True),
                                       help="ELECTRA: the generator's layers as a fraction of the discriminator's")
     disc_weight: float = setting(50.0, check=positive, help="ELECTRA: weight of the replaced-token loss (the generator's MLM loss has 1)")
+    generator_temperature: float = setting(1.0, check=positive, help="ELECTRA: sample replacements from softmax(logits / T); "
+                                           "above 1 the replacements are easier to tell (google-research/electra's temperature)")
 
 
 @dataclass
