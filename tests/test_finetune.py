@@ -718,10 +718,12 @@ def test_cli_evaluate_and_predict_every_family(work: Path, tmp_path: Path, monke
                                   "--no-progress"], monkeypatch, capsys)
         assert code == 0, err
         metrics = json.loads((tmp_path / f"{kind}.json").read_text())
+        assert metrics.pop("computed_in") == "fp32" and stdout.splitlines()[-2].split() == ["computed_in", "fp32"]  # the default
         assert set(metrics) == set(json.loads((out / "config.json").read_text())["task"]["metric_names"])
         code, stdout, err = _cli(["predict", "--model", out, "--data", data, "--out", tmp_path / f"{kind}.jsonl",
                                   "--no-progress"], monkeypatch, capsys)
         assert code == 0, err
+        assert stdout.strip().endswith("(computed in fp32)")
         preds = [json.loads(x) for x in (tmp_path / f"{kind}.jsonl").read_text().splitlines()]
         assert len(preds) == 60 if kind != "qa" else len(preds) == len(json.loads(data.read_text())["data"]) * 10
         _same_scores(metrics, _synthetic_by_hand(kind, data, preds))

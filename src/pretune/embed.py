@@ -106,16 +106,17 @@ def embed(model: nn.Module, tokenizer: Any, texts: list[str], *, layer: int = -1
 
 
 def embed_texts(model_dir: str, texts: list[str], *, layer: int = -1, pool: str | None = None, word: str | None = None,
-                truncate: bool = False, device: str = "auto", precision: str = "auto",
+                truncate: bool = False, device: str = "auto", precision: str = "fp32",
                 batch_size: int = 32) -> Iterator[dict[str, Any]]:
-    """``pretune embed``: one record per text, with its tokens and the vectors asked for (``array``)."""
+    """``pretune embed``: one record per text, with its tokens, the vectors asked for (``array``)
+    and the precision they were computed in (``--precision``, fp32 unless asked otherwise)."""
     if word is not None and pool is not None:
         raise PretuneError("--word and --pool are two different vectors; give one of them")
     ready = load_ready(model_dir, device=device, precision=precision, verb="embed")
     with ready.autocast():
         items = embed(ready.model, ready.tokenizer, texts, layer=layer, pool=pool, truncate=truncate, batch_size=batch_size)
     for item in items:
-        record: dict[str, Any] = {"text": item.text, "tokens": item.tokens}
+        record: dict[str, Any] = {"text": item.text, "tokens": item.tokens, "precision": ready.precision}
         if word is not None:
             positions = word_positions(item, word)
             record.update(word=word, word_tokens=[item.tokens[i] for i in positions], array=item.vectors[positions].mean(0))

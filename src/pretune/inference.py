@@ -2,8 +2,9 @@
 
 ``pretune evaluate`` and ``pretune predict`` call :func:`evaluate` and :func:`predict`;
 fine-tuning scores its validation and test sets with :func:`run_model` and the task family's
-``decode`` / ``score``. Inference runs in the precision ``--precision`` asks for (``auto``: bf16
-where this machine computes it faster, see :mod:`pretune.precision`).
+``decode`` / ``score``. Inference runs in the precision ``--precision`` asks for: fp32 unless
+told otherwise, the probabilities and scores being the output (``auto``: bf16 where this machine
+computes it faster, see :mod:`pretune.precision`).
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ class Finetuned:
     model: TaskModel
     tokenizer: Any
     spec: TaskSpec
-    precision: str  # resolved: fp32 | bf16
+    precision: str  # resolved: fp32 | bf16 | fp16
 
     @property
     def device(self) -> torch.device:
@@ -46,7 +47,7 @@ def collator(model: TaskModel, tokenizer: Any) -> Collator:
     return Collator(tokenizer.padding_id, extract=model.gpt)
 
 
-def load_finetuned(model_dir: str | Path, device: str = "auto", precision: str = "auto", *, verb: str = "evaluate",
+def load_finetuned(model_dir: str | Path, device: str = "auto", precision: str = "fp32", *, verb: str = "evaluate",
                    **changes: Any) -> Finetuned:
     """A fine-tuned model directory -> model on the device, tokenizer and task (``changes`` to it)."""
     ready = load_ready(model_dir, task=True, device=device, precision=precision, verb=verb)
@@ -122,7 +123,7 @@ def recipe_for(spec: TaskSpec, name: str | None, columns: dict[str, Any] | None)
 def evaluate(model_dir: str | Path, data: str | Path, *, task_name: str | None = None,
              columns: dict[str, Any] | None = None, batch_size: int = 64, limit: int | None = None,
              max_seq_len: int | None = None, no_truncate: bool = False, device: str = "auto",
-             precision: str = "auto", progress: bool = True) -> dict[str, float | None]:
+             precision: str = "fp32", progress: bool = True) -> dict[str, float | None]:
     """Score a fine-tuned model on a labelled file with its task's metrics."""
     ft = load_finetuned(model_dir, device, precision, max_seq_len=max_seq_len)
     recipe = recipe_for(ft.spec, task_name, columns)
@@ -138,7 +139,7 @@ def evaluate(model_dir: str | Path, data: str | Path, *, task_name: str | None =
 def predict(model_dir: str | Path, data: str | Path, out: str | Path, *, task_name: str | None = None,
             columns: dict[str, Any] | None = None, batch_size: int = 64, limit: int | None = None,
             max_seq_len: int | None = None, no_truncate: bool = False, device: str = "auto",
-            precision: str = "auto", progress: bool = True) -> int:
+            precision: str = "fp32", progress: bool = True) -> int:
     """Write one JSON line per input example to ``out``; returns the number written.
 
     Each line has the example's ``source`` (file:line) and: ``label`` and ``probabilities``

@@ -42,7 +42,7 @@ class ReadyModel:
 
     model: nn.Module  # the BERT or GPT (a fine-tuned model's task head is in ``head``)
     tokenizer: Any  # pretune.tokenizer.Tokenizer
-    precision: str  # resolved: fp32 | bf16
+    precision: str  # resolved: fp32 | bf16 | fp16
     source: str  # the --model value, for messages
     config: ModelConfig
     task: Any = None  # pretune.tasks.TaskSpec of a fine-tuned model, else None
@@ -62,7 +62,7 @@ class ReadyModel:
 
 
 def load_ready(spec: str | Path, *, family: str | None = None, lm_output: bool = False, task: bool = False,
-               roles: Mapping[str, str] | None = None, device: str = "auto", precision: str = "auto",
+               roles: Mapping[str, str] | None = None, device: str = "auto", precision: str = "fp32",
                verb: str = "this command") -> ReadyModel:
     """``--model`` loaded for ``verb``: trained weights, its tokenizer (``roles`` named), on ``device``.
 

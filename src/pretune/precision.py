@@ -1,20 +1,32 @@
-"""Which precision to train in: ``--precision auto`` resolved for this machine.
+"""Which precision to compute in: ``--precision auto`` resolved for this machine, and its autocast.
 
 bf16 autocast halves the bytes a matmul moves and, on hardware that multiplies bf16 natively,
 multiplies faster; where it is emulated it is much slower than fp32 (on an AVX2-only Zen 3,
-torch's bf16 GEMMs ran at 1-20 GFLOP/s against 50-160 in fp32, docs/benchmarks.md). So
-``auto`` is:
+torch's bf16 GEMMs ran at 1-20 GFLOP/s against 50-160 in fp32, docs/benchmarks.md). fp16
+autocast is as fast where a GPU has fp16 tensor cores but no bf16 (T4, V100), but its narrow
+range needs a gradient scaler when training (:class:`torch.amp.GradScaler`, which the trainer
+runs for fp16). So ``auto`` is:
 
-* CUDA: bf16 when the GPU multiplies bf16 natively (``torch.cuda.is_bf16_supported``), else fp32.
+* CUDA: bf16 when the GPU multiplies bf16 natively (``torch.cuda.is_bf16_supported``); else
+  fp16 when it has fp16 tensor cores (compute capability 7.0 or more: V100, T4); else fp32.
+  This is the only place ``auto`` picks fp16.
 * CPU without ``amx_bf16`` or ``avx512_bf16``: fp32, without measuring anything.
 * CPU with either: bf16 iff a short probe (:func:`measure_bf16_speedup`, cached per CPU model,
   flags, torch version and thread count) finds a layer's forward + backward matmuls at least
   :data:`BF16_MIN_SPEEDUP` times faster under bf16 autocast than in fp32. The flags alone are
   not enough: a CPU may have them and torch may still take a slow path, or the gain may be eaten
-  by the casts autocast adds.
+  by the casts autocast adds. Never fp16 on a CPU unless asked (``--precision fp16`` runs there,
+  through torch's CPU fp16 autocast, but is no faster than fp32 on today's CPUs).
 * ``PRETUNE_PRECISION_PROBE=0`` trusts the flags: bf16 on any CPU that has one, no probe.
-* ``PRETUNE_AUTO_PRECISION=fp32`` (or ``bf16``) makes ``auto`` mean that precision on any machine:
+* ``PRETUNE_AUTO_PRECISION=fp32`` (or ``bf16``, ``fp16``) makes ``auto`` mean that precision on any machine:
   runs whose results must not depend on the CPU they land on (the test suite sets it).
+
+Which verbs default to ``auto``: training (``pretrain``, ``finetune``) and the verbs whose output
+is text (``generate``, ``fill-mask``), where speed matters and bf16's ~3 significant digits do
+not change what comes out. The verbs whose output is numbers a user reads or compares
+(``embed``, ``predict``'s probabilities, ``evaluate``, ``perplexity``, ``senses``) default to
+``fp32``: under bf16, all-MiniLM-L6-v2's embeddings differ from transformers' by 1e-2 against
+2e-6 in fp32. Each of those says which precision it ran in.
 
 Call :func:`resolve_precision` after ``torch.set_num_threads``: the probe and its cache entry
 are for the thread count in force. :func:`resolve_device` says what ``--device`` means here.
@@ -36,8 +48,10 @@ import torch.nn.functional as F
 
 from pretune.errors import PretuneError
 
-Precision = Literal["fp32", "bf16"]
-PRECISIONS = ("auto", "fp32", "bf16")
+Precision = Literal["fp32", "bf16", "fp16"]
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+FP16_MIN_CAPABILITY = (7, 0)  # fp16 tensor cores (Volta): below, fp16 gains little or runs slower
 BF16_FEATURES = ("amx_bf16", "avx512_bf16")
 
 # bf16 is chosen when the probe's matmuls are at least this much faster. A training step is not
@@ -261,6 +275,13 @@ def _cuda_bf16(device: torch.device, *, native: bool) -> bool:
         return bool(torch.cuda.is_bf16_supported(including_emulation=not native))
 
 
+def _cuda_fp16_fast(device: torch.device) -> bool:
+    """Whether the GPU ``device`` has fp16 tensor cores (compute capability 7.0 or more)."""
+    if not torch.cuda.is_available():
+        return False
+    return tuple(torch.cuda.get_device_capability(device.index)) >= FP16_MIN_CAPABILITY
+
+
 def resolve_precision(
     precision: str,
     device: torch.device | str,
@@ -268,26 +289,28 @@ def resolve_precision(
     features: Iterable[str] | None = None,
     probe: Callable[[], float] | None = None,
 ) -> Precision:
-    """``"fp32"`` or ``"bf16"`` for ``--precision`` (``auto``, ``fp32`` or ``bf16``) on ``device``.
+    """``"fp32"``, ``"bf16"`` or ``"fp16"`` for ``--precision`` (``auto`` or one of those) on ``device``.
 
     ``features`` (the CPU's bf16 flags) and ``probe`` (returns bf16's speedup) replace the
     machine's own, for tests. Raises :class:`PretuneError` naming ``--precision`` for a value
-    other than the three, and for bf16 on a GPU that cannot compute in bf16 at all.
+    other than these, and for bf16 on a GPU that cannot compute in bf16 at all.
     """
     if precision not in PRECISIONS:
         raise PretuneError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     device = torch.device(device)
-    if precision == "fp32":
-        return "fp32"
+    if precision in ("fp32", "fp16"):
+        return precision  # type: ignore[return-value]
     if precision == "bf16":
         if device.type == "cuda" and not _cuda_bf16(device, native=False):
-            raise PretuneError(f"--precision bf16: {device} cannot compute in bf16; use --precision fp32 or auto")
+            raise PretuneError(f"--precision bf16: {device} cannot compute in bf16; use --precision fp16, fp32 or auto")
         return "bf16"
     forced = os.environ.get(AUTO_ENV, "").strip().lower()
-    if forced in ("fp32", "bf16"):
+    if forced in ("fp32", "bf16", "fp16"):
         return forced  # type: ignore[return-value]
     if device.type == "cuda":
-        return "bf16" if _cuda_bf16(device, native=True) else "fp32"
+        if _cuda_bf16(device, native=True):
+            return "bf16"
+        return "fp16" if _cuda_fp16_fast(device) else "fp32"
     if device.type == "cpu":
         return "bf16" if cpu_prefers_bf16(features, probe) else "fp32"
     return "fp32"
@@ -307,7 +330,7 @@ def resolve_device(name: str, local_rank: int | None = None) -> torch.device:
 
 
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
-    """The autocast context of a resolved precision: bf16 autocast, or nothing for fp32."""
-    if precision == "bf16":
-        return torch.autocast(device.type, dtype=torch.bfloat16)
+    """The autocast context of a resolved precision: bf16 or fp16 autocast, or nothing for fp32."""
+    if precision in AUTOCAST_DTYPES:
+        return torch.autocast(device.type, dtype=AUTOCAST_DTYPES[precision])
     return contextlib.nullcontext()

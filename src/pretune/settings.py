@@ -364,7 +364,7 @@ def to_dict(settings: Any) -> dict[str, Any]:
 
 # --- where a model runs: the settings of every command that runs one ----------------------------
 
-Precision = Literal["auto", "fp32", "bf16"]
+Precision = Literal["auto", "fp32", "bf16", "fp16"]
 
 
 def device_name(value: str) -> str | None:
@@ -372,17 +372,23 @@ def device_name(value: str) -> str | None:
     return None if re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", value) else "must be auto, cpu, cuda or cuda:N"
 
 
+def precision_setting(default: Precision) -> Any:
+    """``--precision``, declared once; each verb gives its default: ``auto`` where speed matters
+    (training, generated text), ``fp32`` where the output is numbers (docs in :mod:`pretune.precision`)."""
+    return setting(default, help="fp32, bf16 or fp16 autocast (fp32 weights; training in fp16 runs a gradient scaler); "
+                   "auto: bf16 where this machine computes it faster (a GPU with bf16; a CPU with AMX or AVX512-BF16 "
+                   "that measures faster), fp16 on a GPU without bf16 (V100, T4), else fp32")
+
+
 @dataclasses.dataclass
 class Runtime:
     """Where and how a model runs."""
 
     device: str = setting("auto", check=device_name, help="auto, cpu, cuda or cuda:N")
-    precision: Precision = setting(
-        "auto", help="auto: bf16 autocast where this machine computes it faster (CUDA; a CPU with AMX or "
-        "AVX512-BF16 that measures faster), else fp32")
+    precision: Precision = precision_setting("auto")
     progress: bool = setting(True, negate=True, help="no progress bars")
 
 
 __all__ = ["Check", "Option", "Precision", "Runtime", "add_command", "add_options", "at_least", "between", "build", "check_ranges",
-           "device_name", "nested", "options", "positive", "read_config_file", "require", "setting", "settings_from", "to_dict",
+           "device_name", "nested", "options", "positive", "precision_setting", "read_config_file", "require", "setting", "settings_from", "to_dict",
            "values_from"]

@@ -7,11 +7,12 @@ import json
 from dataclasses import dataclass
 from typing import Literal
 
-from pretune.settings import Runtime, add_command, at_least, require, setting
+from pretune.settings import Precision, Runtime, add_command, at_least, precision_setting, require, setting
 
 
 @dataclass
 class EmbedSettings(Runtime):
+    precision: Precision = precision_setting("fp32")
     model: str | None = setting(None, help="pretune or Hugging Face model directory")
     layer: int = setting(-1, help="0 = embeddings, N = block N, -1 = last")
     pool: Literal["mean", "cls"] | None = setting(None, help="one sentence vector instead of one per token: mean (over every "

@@ -17,6 +17,13 @@ def register(sub: argparse._SubParsersAction) -> None:
                 "the model directory's record of its latest evaluation on that file, which each evaluation replaces.")
 
 
+def resolved_precision(s: EvaluateSettings) -> str:
+    """``--precision`` as it will run on ``--device`` (fp32 unless asked otherwise), to pass on and report."""
+    from pretune.precision import resolve_device, resolve_precision
+
+    return resolve_precision(s.precision, resolve_device(s.device))
+
+
 def run(s: EvaluateSettings) -> int:
     from pretune.inference import evaluate
     from pretune.io import write_json
@@ -24,15 +31,18 @@ def run(s: EvaluateSettings) -> int:
 
     require(s, "model", "data")
     check_outputs(s, s.out)
+    precision = resolved_precision(s)
     metrics = evaluate(
         s.model, s.data, task_name=s.task, columns=s.columns.overrides(), batch_size=s.batch_size, limit=s.limit,
-        max_seq_len=s.max_seq_len, no_truncate=s.no_truncate, device=s.device, precision=s.precision,
+        max_seq_len=s.max_seq_len, no_truncate=s.no_truncate, device=s.device, precision=precision,
         progress=s.progress,
     )
     out = Path(s.out) if s.out else Path(s.model) / f"eval_{Path(s.data).name}.json"
-    write_json(out, metrics)
-    width = max(len(k) for k in metrics)
+    # "computed_in", not "precision": tagging has a metric of that name
+    write_json(out, {**metrics, "computed_in": precision})
+    width = max(len(k) for k in (*metrics, "computed_in"))
     for name, value in metrics.items():
         print(f"{name.ljust(width)}  {'n/a' if value is None else f'{value:.4f}'}")
+    print(f"{'computed_in'.ljust(width)}  {precision}")
     print(json.dumps({"written": str(out)}))
     return 0

@@ -9,11 +9,12 @@ from pathlib import Path
 
 from pretune.errors import PretuneError
 from pretune.lm.settings import LMRuntime
-from pretune.settings import add_command, at_least, require, setting
+from pretune.settings import Precision, add_command, at_least, precision_setting, require, setting
 
 
 @dataclass
 class PerplexitySettings(LMRuntime):
+    precision: Precision = precision_setting("fp32")
     data: str | None = setting(None, metavar="FILE", help="a UTF-8 text file (a GPT reads it whole, a BERT line by line)")
     window: int | None = setting(None, metavar="N", check=at_least(2), help="GPT: tokens per window (default: the model's context)")
     stride: int | None = setting(None, metavar="N", check=at_least(1), help="GPT: tokens the window moves by; each token gets at least "

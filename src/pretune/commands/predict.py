@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from pretune.commands.evaluate import resolved_precision
 from pretune.settings import add_command, require
 from pretune.train.settings import EvaluateSettings
 
@@ -21,10 +22,11 @@ def run(s: EvaluateSettings) -> int:
 
     require(s, "model", "data", "out")
     check_outputs(s, s.out)
+    precision = resolved_precision(s)
     n = predict(
         s.model, s.data, s.out, task_name=s.task, columns=s.columns.overrides(), batch_size=s.batch_size,
         limit=s.limit, max_seq_len=s.max_seq_len, no_truncate=s.no_truncate, device=s.device,
-        precision=s.precision, progress=s.progress,
+        precision=precision, progress=s.progress,
     )
-    print(f"wrote {n} predictions to {s.out}")
+    print(f"wrote {n} predictions to {s.out} (computed in {precision})")
     return 0

@@ -6,11 +6,12 @@ import argparse
 from dataclasses import dataclass
 from pathlib import Path
 
-from pretune.settings import Runtime, add_command, require, setting
+from pretune.settings import Precision, Runtime, add_command, precision_setting, require, setting
 
 
 @dataclass
 class SensesSettings(Runtime):
+    precision: Precision = precision_setting("fp32")
     model: str | None = setting(None, help="pretune or Hugging Face model directory")
     data: str | None = setting(None, metavar="FILE", help="sense<TAB>sentence rows (# comments and blank lines skipped), "
                                "or a set that ships with pretune: nun-ko (눈: snow, eye), bank-en (bank: river, money), "
@@ -49,9 +50,10 @@ def run(s: SensesSettings) -> int:
     with ready.autocast():
         probes = {name: sense_probe(m, ready.tokenizer, rows, s.word) for name, m in models.items()}
     print(probe_table(probes))
+    print(f"computed in {ready.precision}")
     if s.out:
         out = Path(s.out)
-        write_json(out / "senses.json", {"model": s.model, "data": str(data), "word": s.word, **probes})
+        write_json(out / "senses.json", {"model": s.model, "data": str(data), "word": s.word, "precision": ready.precision, **probes})
         pngs = plot_probes(probes, out)
         print(f"wrote {out / 'senses.json'}, {', '.join(str(p) for p in pngs)}")
     return 0

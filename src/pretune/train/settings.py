@@ -15,7 +15,16 @@ from typing import Any, ClassVar, Literal
 
 from pretune.data.settings import MaskingSettings
 from pretune.errors import PretuneError
-from pretune.settings import Runtime, at_least, between, nested, positive, setting
+from pretune.settings import (
+    Precision,
+    Runtime,
+    at_least,
+    between,
+    nested,
+    positive,
+    precision_setting,
+    setting,
+)
 
 Schedule = Literal["linear", "cosine", "constant"]
 
@@ -67,13 +76,15 @@ class TrainSettings(Runtime):
         "continue the run in --out from its newest complete checkpoint, with the same settings except these, "
         "which may change: --max-steps, --eval-batches, --workers, --cache-dir (pretrain); --epochs, --patience, "
         "--eval-batch-size, --test, --keep-checkpoints (finetune); --log-every, --eval-every, --save-every, --keep-last, "
-        "--time-budget, --device, --compile, --fsdp, --no-progress (the number of processes may change too)"))
+        "--time-budget, --device, --compile, --fsdp, --no-progress, --no-memory-check (the number of processes may change too)"))
     overwrite: bool = setting(False, help="start afresh in an --out that holds another run (its checkpoints and logs are deleted)")
+    memory_check: bool = setting(True, negate=True, help="start even where the estimate of a training step's memory "
+                                 "says it will not fit (a rule of thumb: docs/errors.md, \"The memory check\")")
 
     # settings that do not change a run's results: they may differ on --resume (train/rundir.py)
     resume_may_change: ClassVar[tuple[str, ...]] = (
         "log_every", "eval_every", "save_every", "keep_last", "time_budget_s", "device", "compile", "fsdp", "progress",
-        "resume", "overwrite",
+        "resume", "overwrite", "memory_check",
     )
 
 
@@ -207,6 +218,7 @@ class EvaluateSettings(Inputs, Runtime):
                               "input (--data, the model's own files)")
     overwrite: bool = setting(False, help="replace the --out file if it exists")
     batch_size: int = setting(64, check=at_least(1), help="examples per batch")
+    precision: Precision = precision_setting("fp32")
     columns: Columns = nested(Columns)
 
 

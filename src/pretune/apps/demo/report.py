@@ -17,7 +17,7 @@ def _pct(pre: dict[str, Any], key: str, where: str) -> str:
 
 
 def _precision_words(precision: str) -> str:
-    return "bf16 autocast" if precision == "bf16" else "fp32"
+    return "fp32" if precision == "fp32" else f"{precision} autocast"
 
 
 def _lr_words(lrs: list[float]) -> str:

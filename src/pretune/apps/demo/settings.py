@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from pretune.settings import Precision, at_least, between, device_name, positive, setting
+from pretune.settings import Precision, at_least, between, device_name, positive, precision_setting, setting
 
 
 @dataclass
@@ -17,7 +17,7 @@ class DemoSettings:
     minutes: float = setting(13.0, check=positive, help="time for the whole demo: the set-up is measured, the fine-tuning "
                              "is fitted (epochs scaled down when time is short), pretraining gets the rest")
     device: str = setting("auto", check=device_name, help="auto, cpu or cuda")
-    precision: Precision = setting("auto", help="auto: bf16 autocast where this machine computes it faster, else fp32")
+    precision: Precision = precision_setting("auto")
     fresh: bool = setting(False, help="retrain the tokenizer and the pretrained model")
     gpt: bool = setting(False, help="also pretrain and fine-tune a small GPT")
     analysis: bool = setting(False, help="GPT-1 figure 2: layers transferred, zero-shot vs steps")
