@@ -54,6 +54,7 @@ def _corpus(w: Path) -> None:
     _text(w / "unseen.tsv", "text\tlabel\nthe cat\tyes\nthe dog\tmaybe\n")
     _text(w / "ragged.tsv", "text\tlabel\nthe cat\tyes\nthe dog\tno\textra\n")
     _text(w / "long.tsv", "text\tlabel\n" + "the cat " * 60 + "\tyes\nthe dog\tno\n")
+    _text(w / "huge.tsv", "text\tlabel\n" + "".join("the cat " * 6000 + f"\t{'yes' if i % 2 else 'no'}\n" for i in range(5)))
     _text(w / "notext.jsonl", '{"body": "a cat"}\n{"body": "a dog"}\n')
     (w / "latin.txt").write_bytes(b"hello there\n\xe9t\xe9 chaud\n")
     _text(w / "empty.txt", "")

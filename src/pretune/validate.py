@@ -4,15 +4,17 @@ Each value's own range is declared with its field (``setting(check=...)``, check
 :func:`pretune.settings.check_ranges`); this module checks what needs more than one value or a
 look at the disk: the input files exist, ``--out`` can be made where it is asked for and is no
 input, lengths fit the model's ``max_positions``, and the memory a training step would take fits
-the machine. Every message names the flag to change. Training calls :func:`pretrain_settings`
-and :func:`finetune_settings` first thing, whether it was started from the command line or from
-code (the demo).
+the machine (per process, in the precision it will run in, for the lengths it will see;
+``--no-memory-check`` skips it). Every message names the flag to change. Training calls
+:func:`pretrain_settings` and :func:`finetune_settings` first thing, whether it was started from
+the command line or from code (the demo); fine-tuning checks its memory with
+:func:`finetune_memory` once its examples are tokenized (they decide a batch's length).
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -69,18 +71,46 @@ def parameter_count(cfg: ModelConfig) -> int:
     return embeddings + cfg.n_layers * (4 * h * h + 2 * h * f) + h * h
 
 
-def training_bytes(cfg: ModelConfig, batch: int, length: int, cpu: bool) -> int:
-    """The memory one fp32 training step takes: weights, gradients and AdamW's two moments, and the
-    activations kept for the backward pass. Per token and layer that is about 12 x hidden + 4 x ffn
-    floats; attention with dropout on a CPU also keeps its (length x length) probabilities, about
-    4 floats per pair and head (SDPA's CPU kernel has no dropout). Measured for bert-tiny (vocabulary
-    8,000, batch 8, one forward and backward, the rise of peak RSS over the built model, 2-core
-    Zen 3): 0.29 / 0.66 / 2.1 GB at length 512 / 1024 / 2048 with attention dropout, 0.46 GB at
-    2048 without; the activation part of this estimate: 0.26 / 0.79 / 2.65 and 0.50 GB."""
+# Bytes per activation kept for the backward pass. Under bf16/fp16 autocast a GPU runs the matmuls,
+# attention and GELU in half precision (2 bytes; LayerNorm's inputs stay fp32, a small share). On a
+# CPU attention runs in fp32 under autocast (models/core.py, SelfAttention: its bf16 backward is
+# slow there), and with its fp32 copies of queries, keys and values a bf16 step's rise of peak RSS
+# was 0.76 and 0.87 of fp32's (bert-mini b8 s512, bert-tiny b8 s1024, 2-core Xeon): 3.5 bytes.
+ACTIVATION_BYTES = {("cpu", "fp32"): 4.0, ("cpu", "half"): 3.5, ("gpu", "fp32"): 4.0, ("gpu", "half"): 2.0}
+
+
+def training_bytes(cfg: ModelConfig, batch: int, length: int, cpu: bool, *, precision: str = "fp32", shards: int = 1) -> int:
+    """The memory one process's training step takes with ``batch`` sequences of ``length`` tokens:
+    fp32 weights, gradients and AdamW's two moments (16 bytes a parameter, divided over ``shards``
+    processes under FSDP; autocast adds a half-precision copy of the weights, 2 bytes), and the
+    activations kept for the backward pass. Per token and layer those are about 12 x hidden + 4 x
+    ffn values, at :data:`ACTIVATION_BYTES` each (``precision``: ``fp32``, ``bf16`` or ``fp16``, as
+    resolved); attention with dropout on a CPU also keeps its (length x length) probabilities, about
+    4 fp32 values per pair and head (SDPA's CPU kernel has no dropout; they stay fp32 under
+    autocast). Measured for bert-tiny (vocabulary 8,000, batch 8, one forward and backward, the rise
+    of peak RSS over the built model, 2-core Zen 3): 0.29 / 0.66 / 2.1 GB at length 512 / 1024 /
+    2048 with attention dropout, 0.46 GB at 2048 without; the activation part of this estimate:
+    0.26 / 0.79 / 2.65 and 0.50 GB."""
+    half = precision in ("bf16", "fp16")
+    per_value = ACTIVATION_BYTES[("cpu" if cpu else "gpu", "half" if half else "fp32")]
     tokens = batch * length
     per_token = cfg.n_layers * (12 * cfg.hidden + 4 * cfg.ffn) + 4 * cfg.hidden
     attention = batch * cfg.n_layers * cfg.n_heads * length * length * 4 if cpu and cfg.attn_dropout > 0 else 0
-    return 16 * parameter_count(cfg) + FP32 * (tokens * per_token + attention)
+    weights = 16 * parameter_count(cfg) // max(shards, 1) + (2 * parameter_count(cfg) if half else 0)
+    return weights + int(per_value * tokens * per_token) + FP32 * attention
+
+
+def processes() -> tuple[int, int]:
+    """The run's processes and those on this machine: torchrun's ``WORLD_SIZE`` and
+    ``LOCAL_WORLD_SIZE`` (1 and 1 without torchrun)."""
+    def read(name: str, default: int) -> int:
+        try:
+            return max(1, int(os.environ.get(name, default)))
+        except ValueError:
+            return default
+
+    world = read("WORLD_SIZE", 1)
+    return world, min(read("LOCAL_WORLD_SIZE", world), world)
 
 
 def available_bytes(device: str) -> tuple[int, str] | None:
@@ -112,18 +142,45 @@ def _gb(n: float) -> str:
     return f"{n / 1e9:,.1f} GB" if n < 1e12 else f"{n / 1e12:,.1f} TB"
 
 
-def check_memory(cfg: ModelConfig, batch: int, length: int, device: str, length_flag: str) -> None:
+def _resolved(precision: str, where: str) -> str:
+    """``--precision`` as the trainer will resolve it where the run trains ("GPU" or "CPU"): ``auto``
+    by the one rule (:mod:`pretune.precision`); the trainer checks that an explicit value can run."""
+    if precision != "auto":
+        return precision
+    import torch
+
+    from pretune.precision import resolve_precision
+
+    return resolve_precision(precision, torch.device("cuda" if where == "GPU" else "cpu"))
+
+
+def check_memory(cfg: ModelConfig, batch: int, length: int, device: str, length_flag: str, *, precision: str = "fp32",
+                 fsdp: bool = False, tokens: int | None = None, sequences: int = 1) -> None:
     """Refuse a run whose training step cannot fit in memory (it would swap or be killed after a
-    long wait), naming the flags that size it."""
+    long wait), naming the flags that size it.
+
+    ``batch`` is the global batch (``--batch-size``): under torchrun each of the ``WORLD_SIZE``
+    processes runs ``batch // WORLD_SIZE`` of it, each on its own GPU, or all ``LOCAL_WORLD_SIZE``
+    of this machine in its RAM. A step's sequences are ``tokens`` long (default ``length``, the
+    flag's value; fine-tuning gives its longest training example, as batches are padded to their
+    longest), ``sequences`` per example (the choices of a multiple-choice example)."""
     free = available_bytes(device)
     if free is None:
         return
-    needed = training_bytes(cfg, batch, length, cpu=free[1] == "CPU")
+    world, local = processes()
+    tokens = length if tokens is None else tokens
+    cpu = free[1] == "CPU"
+    one = training_bytes(cfg, max(1, batch // world) * sequences, tokens, cpu, precision=_resolved(precision, free[1]),
+                         shards=world if fsdp else 1)
+    needed = one * (local if cpu else 1)
     if needed > free[0]:
         where = "free on the GPU" if free[1] == "GPU" else "available on this machine"
+        each = f" ({local} processes here, {_gb(one)} each)" if cpu and local > 1 else " per process" if world > 1 else ""
+        longest = f" (the longest training example: {tokens} tokens)" if tokens != length else ""
         raise PretuneError(
-            f"--batch-size {batch} x {length_flag} {length}: a training step would need about {_gb(needed)} "
-            f"and {_gb(free[0])} is {where}; lower {length_flag} or --batch-size (--grad-accum keeps the batch)"
+            f"--batch-size {batch} x {length_flag} {length}{longest}: a training step would need about {_gb(needed)}{each} "
+            f"and {_gb(free[0])} is {where}; lower {length_flag} or --batch-size (--grad-accum keeps the batch), "
+            "or pass --no-memory-check to try anyway"
         )
 
 
@@ -164,11 +221,14 @@ def pretrain_settings(s: Any) -> None:
     check_length("--seq-len", s.seq_len, cfg, source)
     if source.fresh and "max_positions" not in s.overrides:
         cfg = cfg.replace(max_positions=max(s.seq_len, 128))  # what pretraining builds
-    check_memory(cfg, s.batch_size, s.seq_len, s.trainer.device, "--seq-len")
+    if s.trainer.memory_check:
+        check_memory(cfg, s.batch_size, s.seq_len, s.trainer.device, "--seq-len", precision=s.trainer.precision,
+                     fsdp=s.trainer.fsdp)
 
 
 def finetune_settings(s: Any) -> None:
-    """``pretune finetune``: ranges, files, --out, the model, lengths, layers and memory, before any work."""
+    """``pretune finetune``: ranges, files, --out, the model, lengths and layers, before any work (the
+    memory a step takes depends on the examples' lengths: :func:`finetune_memory`, once they are tokenized)."""
     check_ranges(s)
     files = [*_paths([s.train], "--train"), *_paths([s.validation], "--validation"), *_paths([s.test], "--test")]
     if not s.validation and s.validation_split is None:
@@ -179,10 +239,23 @@ def finetune_settings(s: Any) -> None:
     for flag, layers in (("--freeze-layers", s.freeze_layers), ("--transfer-layers", s.transfer_layers)):
         if layers is not None and layers > cfg.n_layers:
             raise PretuneError(f"{flag} {layers}: the model has {cfg.n_layers} layers")
-    check_memory(cfg, s.batch_size, length, s.trainer.device, "--max-seq-len")
+
+
+def finetune_memory(s: Any, cfg: ModelConfig, features: Sequence[dict[str, Any]]) -> None:
+    """``pretune finetune``, once its training features are built and before anything is trained or
+    cleared: whether a step fits. Batches are padded to their longest example, so the estimate takes
+    the longest training sequence (within --max-seq-len), not the cap itself: the features are built
+    anyway, this costs one pass over their lengths."""
+    if not s.trainer.memory_check or not features:
+        return
+    rows = [f["input_ids"] if f["input_ids"] and isinstance(f["input_ids"][0], list) else [f["input_ids"]] for f in features]
+    cap = cfg.max_positions if s.max_seq_len is None else s.max_seq_len
+    longest = max(len(seq) for seqs in rows for seq in seqs)
+    check_memory(cfg, s.batch_size, cap, s.trainer.device, "--max-seq-len", precision=s.trainer.precision,
+                 fsdp=s.trainer.fsdp, tokens=min(longest, cap), sequences=len(rows[0]))
 
 
 __all__ = [
-    "available_bytes", "check_length", "check_memory", "check_outputs", "existing_dir", "existing_file", "finetune_settings",
-    "parameter_count", "pretrain_settings", "training_bytes",
+    "ACTIVATION_BYTES", "available_bytes", "check_length", "check_memory", "check_outputs", "existing_dir", "existing_file",
+    "finetune_memory", "finetune_settings", "parameter_count", "pretrain_settings", "processes", "training_bytes",
 ]

@@ -50,11 +50,11 @@ from pretune.train.distributed import (
     shard,
     unshard,
 )
-from pretune.train.rundir import prepare_out, saved_settings
+from pretune.train.rundir import clear_for_overwrite, prepare_out, saved_settings
 from pretune.train.settings import FinetuneSettings
 from pretune.train.surgery import freeze_layers, partly_frozen, resize_vocab, transfer_layers
 from pretune.train.trainer import CHECKPOINTS, TrainConfig, Trainer, param_groups, seed_everything
-from pretune.validate import finetune_settings
+from pretune.validate import finetune_memory, finetune_settings
 
 RESULTS = "eval_results.json"
 BEST_STATE = "best.json"
@@ -183,12 +183,14 @@ class FinetuneRun:
     """
 
     def __init__(self, s: FinetuneSettings) -> None:
-        finetune_settings(s)  # before any work: ranges, files, --out, lengths, layers, memory
+        finetune_settings(s)  # before any work: ranges, files, --out, lengths, layers (memory: once tokenized)
         self.started = time.perf_counter()
         self.settings = s
         self.dist = init_distributed(s.trainer.device)
         check_global_batch(s.batch_size, self.dist)
-        on_main(lambda: prepare_out(s, inputs=(s.model, s.tokenizer, s.train, s.validation, s.test)), self.dist)
+        # --overwrite clears the old run only after the memory check, which needs the tokenized examples
+        on_main(lambda: prepare_out(s, inputs=(s.model, s.tokenizer, s.train, s.validation, s.test), clear_now=False),
+                self.dist)
         seed_everything(s.trainer.seed)
         self.recipe = get_recipe(s.task, **s.columns.overrides())
         self.family = get_family(self.recipe.family)
@@ -202,6 +204,8 @@ class FinetuneRun:
                                "table, which a sharded table cannot do; drop --fsdp (DDP replicates the model) or --freeze-layers")
         self.spec = self.model.spec
         self._build_features()
+        on_main(lambda: finetune_memory(s, self.model.cfg, self.train_features.features), self.dist)
+        on_main(lambda: clear_for_overwrite(s), self.dist)
         self._build_trainer(new_prefixes)
 
     def _read_data(self) -> None:

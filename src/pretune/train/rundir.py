@@ -67,10 +67,12 @@ def clear(out: Path) -> None:
             p.unlink()
 
 
-def prepare_out(settings: Any, *, inputs: Iterable[str | Path | None] = ()) -> Path | None:
+def prepare_out(settings: Any, *, inputs: Iterable[str | Path | None] = (), clear_now: bool = True) -> Path | None:
     """Check ``settings.out`` before any work: refuse to start over a run without ``--resume`` or
-    ``--overwrite`` (and clear it with ``--overwrite``); with ``--resume``, return the checkpoint to
-    continue from after checking that the settings allow it. Rank 0 calls it (see ``on_main``)."""
+    ``--overwrite`` (and clear it with ``--overwrite``, or leave that to the caller's
+    :func:`clear_for_overwrite` with ``clear_now=False``, for checks that come later); with
+    ``--resume``, return the checkpoint to continue from after checking that the settings allow it.
+    Rank 0 calls it (see ``on_main``)."""
     run = settings.trainer
     out = Path(settings.out)
     if run.resume and run.overwrite:
@@ -88,8 +90,16 @@ def prepare_out(settings: Any, *, inputs: Iterable[str | Path | None] = ()) -> P
             what = f"a run (newest checkpoint {found[-1].name})" if found else "files"
             raise PretuneError(f"--out {out}: holds {what}; pass --resume to continue it, --overwrite to start afresh "
                                "(its checkpoints and logs are deleted), or choose another directory")
-        clear(out)
+        if clear_now:
+            clear(out)
     return None
+
+
+def clear_for_overwrite(settings: Any) -> None:
+    """``--overwrite`` after ``prepare_out(..., clear_now=False)``: clear the old run now."""
+    out = Path(settings.out)
+    if settings.trainer.overwrite and not settings.trainer.resume and holds_run(out):
+        clear(out)
 
 
 # --- what may change on --resume ---------------------------------------------------------------
@@ -161,5 +171,5 @@ def _norm(value: Any) -> Any:
 
 __all__ = [
     "CHECKPOINTS", "METRICS", "SETTINGS_FILE", "STATE_FILE", "WEIGHTS_FILE", "check_resume", "checkpoint_dirs",
-    "clear", "holds_run", "may_change", "prepare_out", "remove_temporaries", "saved_settings",
+    "clear", "clear_for_overwrite", "holds_run", "may_change", "prepare_out", "remove_temporaries", "saved_settings",
 ]
