@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from pretune.cli import main
 from pretune.tokenizer import train_tokenizer
@@ -115,6 +116,32 @@ def test_sigkill_right_after_a_checkpoint_then_resume_is_bit_exact(korean, tmp_p
         assert "generator/" in capsys.readouterr().err
         assert main(["convert", "--to-hf", str(killed / "generator"), "--out", str(tmp_path / "hf-gen")]) == 0
         assert json.loads((tmp_path / "hf-gen" / "config.json").read_text())["architectures"] == ["ElectraForMaskedLM"]
+
+
+def test_fp16_pretraining_killed_then_resumed_is_bit_exact(korean, tmp_path: Path) -> None:
+    """--precision fp16 (autocast + gradient scaler; it runs on a CPU too) through the command:
+    SIGKILL after the first checkpoint, --resume, and every step's loss and loss scale are the
+    uninterrupted run's; the scaler's state is in the checkpoint."""
+    corpus, tok = korean
+    fp16 = ["--precision", "fp16", "--cache-dir", str(tmp_path / "cache")]  # the corpus is tokenized once
+    _cli([*_bert_args(corpus, tok, tmp_path / "full", 8), *fp16])
+    killed = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "pretune", *_bert_args(corpus, tok, killed, 8), *fp16]
+    proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    while not (killed / "checkpoints" / "step-4" / "trainer_state.pt").exists():
+        assert proc.poll() is None, proc.stderr.read().decode()
+        assert time.time() < deadline, "no checkpoint appeared"
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "model.safetensors").exists()  # it died mid-run
+    _cli([*_bert_args(corpus, tok, killed, 8), *fp16, "--resume"])
+    rows = [[json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()] for run in (killed, tmp_path / "full")]
+    assert [(r["step"], r["loss"], r["grad_scale"]) for r in rows[0]] == [(r["step"], r["loss"], r["grad_scale"]) for r in rows[1]]
+    assert len(rows[1]) == 8 and json.loads((killed / "pretrain_results.json").read_text())["precision"] == "fp16"
+    state = torch.load(killed / "checkpoints" / "step-8" / "trainer_state.pt", weights_only=True)
+    assert state["scaler"]["scale"] == rows[1][-1]["grad_scale"] and state["scaler"]["_growth_tracker"] > 0
 
 
 def test_gpt_loss_falls_on_shakespeare(english, tmp_path: Path) -> None:

@@ -412,3 +412,112 @@ def test_a_save_killed_between_renames_never_pairs_two_versions(tmp_path: Path) 
     shutil.copyfile(other / "model.safetensors", run / "model.safetensors")
     with pytest.raises(PretuneError, match="model.safetensors come.* from another save than config.json"):
         load_model(run)
+
+
+# --- fp16 with a gradient scaler ---------------------------------------------------------------
+
+
+class _InfGrad(torch.autograd.Function):
+    """The identity forward; every gradient that flows back through it becomes inf (or nan)."""
+
+    @staticmethod
+    def forward(ctx, x):  # noqa: ANN001, D102
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):  # noqa: ANN001, D102
+        return grad * float("inf")
+
+
+class Spiked(Counting):
+    """Batches whose step ``spike`` (1-based) overflows its gradients, its loss staying finite."""
+
+    def __init__(self, spike: int, **kw: Any) -> None:
+        super().__init__(**kw)
+        self.spike, self.served = spike, 0
+
+    def __iter__(self):
+        for batch in super().__iter__():
+            self.served += 1
+            yield {**batch, "spike": self.served == self.spike}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "served": self.served}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.served = state["served"]
+
+
+def _spiking_step(model, batch):
+    out = model(batch["input_ids"], labels=batch["labels"])
+    if batch["spike"]:
+        out.loss = _InfGrad.apply(out.loss)
+    return out
+
+
+def _scales(out: Path) -> list[float]:
+    return [json.loads(line)["grad_scale"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_fp16_skips_a_step_whose_gradients_overflow_without_calling_it_an_error(tmp_path: Path) -> None:
+    """The scaler skips the step (the weights and AdamW's state stay as they were) and halves its
+    scale; the run goes on. fp16 autocast runs on the CPU (torch 2.13), so this is the real code path."""
+    cfg = dict(warmup_steps=0, schedule="constant", precision="fp16")
+    before = Trainer(_model(), _cfg(tmp_path / "two", max_steps=2, **cfg), Spiked(0), step_fn=_spiking_step)
+    before.fit()
+    spiked = Trainer(_model(), _cfg(tmp_path / "three", max_steps=3, **cfg), Spiked(3), step_fn=_spiking_step)
+    spiked.fit()
+    assert _scales(tmp_path / "three") == [65536.0, 65536.0, 32768.0]
+    for (name, a), b in zip(before.model.state_dict().items(), spiked.model.state_dict().values()):
+        assert torch.equal(a, b), name  # the third step changed nothing
+    for a, b in zip(before.optimizer.state.values(), spiked.optimizer.state.values()):
+        assert all(torch.equal(a[k], b[k]) for k in a)  # AdamW's moments and step count too
+    # fp32 and bf16 have no scaler: nothing logged, and an overflowing gradient goes into the weights
+    plain = Trainer(_model(), _cfg(tmp_path / "fp32", max_steps=3, warmup_steps=0, schedule="constant"), Spiked(3),
+                    step_fn=_spiking_step)
+    plain.fit()
+    assert "grad_scale" not in plain.history[-1]
+    assert not all(torch.isfinite(p).all() for p in plain.model.parameters())
+
+
+def test_fp16_still_stops_on_a_loss_that_is_itself_non_finite(tmp_path: Path) -> None:
+    def step_fn(model, batch):
+        out = _spiking_step(model, batch)
+        if batch["spike"]:
+            out.loss = out.loss * float("inf")
+        return out
+
+    with pytest.raises(PretuneError, match=r"non-finite at step 4"):
+        Trainer(_model(), _cfg(tmp_path, precision="fp16", log_every=100), Spiked(4), step_fn=step_fn).fit()
+
+
+def test_fp16_gradients_that_overflow_at_every_scale_stop_the_run(tmp_path: Path) -> None:
+    class Always(Counting):
+        def __iter__(self):
+            for batch in super().__iter__():
+                yield {**batch, "spike": True}
+
+    with pytest.raises(PretuneError, match=r"fp16: the gradients overflowed at every loss scale .* --precision bf16 or fp32"):
+        Trainer(_model(), _cfg(tmp_path, precision="fp16", max_steps=40), Always(), step_fn=_spiking_step).fit()
+
+
+def test_fp16_resume_restores_the_loss_scale(tmp_path: Path) -> None:
+    """A step skipped before the checkpoint halved the scale: the resumed run goes on with the
+    checkpoint's scale (a fresh scaler would start at 65,536 again), bit for bit."""
+    full = tmp_path / "full"
+    Trainer(_model(), _cfg(full, save_every=5, precision="fp16"), Spiked(2), step_fn=_spiking_step).fit()
+
+    class Crashing(Spiked):
+        def __iter__(self):
+            yield from _first(super().__iter__(), 7)
+            raise RuntimeError("crash")
+
+    part = tmp_path / "part"
+    with pytest.raises(RuntimeError, match="crash"):
+        Trainer(_model(), _cfg(part, save_every=5, precision="fp16"), Crashing(2), step_fn=_spiking_step).fit()
+    state = torch.load(part / "checkpoints" / "step-5" / "trainer_state.pt", weights_only=True)
+    assert state["scaler"]["scale"] == 32768.0 and state["scaler"]["_growth_tracker"] == 3
+    Trainer(_model(), _cfg(part, save_every=5, precision="fp16", resume=True), Spiked(2, seed=99),
+            step_fn=_spiking_step).fit()
+    assert _losses(part) == _losses(full) and _scales(part) == _scales(full) == [65536.0] + [32768.0] * 11

@@ -3,11 +3,12 @@
 The trainer knows nothing about BERT or GPT (but for a table of each family's Adam settings): it is given a model, an endless iterable of batches
 (dicts of tensors) and a ``step_fn`` that returns an object with a ``.loss``. It owns the
 optimizer (AdamW with the weight decay and epsilon of the model family's reference implementation,
-:data:`ADAM_RULES`), the warmup-then-decay schedule, gradient accumulation and clipping, autocast,
+:data:`ADAM_RULES`), the warmup-then-decay schedule, gradient accumulation and clipping, autocast
+(bf16, or fp16 with a gradient scaler: fp32 weights either way),
 optional ``torch.compile``, DistributedDataParallel or FSDP2 under ``torchrun`` with objectives
 that do not depend on the number of processes, periodic evaluation, atomic checkpoints and exact
-resumption (model, optimizer, schedule, every rank's RNG, the data position and the time already
-spent), loadable with ``torch.load(weights_only=True)``.
+resumption (model, optimizer, schedule, gradient scaler, every rank's RNG, the data position and the
+time already spent), loadable with ``torch.load(weights_only=True)``.
 """
 
 from __future__ import annotations
@@ -61,6 +62,9 @@ from pretune.train.rundir import (
     remove_temporaries,
 )
 from pretune.train.settings import TrainSettings
+
+# fp16: a loss scale this small means gradients overflow even unscaled; training has stopped learning
+MIN_GRAD_SCALE = 2.0**-16
 
 
 @dataclass
@@ -325,6 +329,9 @@ class Trainer:
         self.elapsed = 0.0  # seconds of training, the same on every rank; drives a time budget
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: lr_factor(s, cfg, self._time_fraction()))
         self.precision = resolve_precision(run.precision, self.device)
+        # fp16: scale the loss so small gradients survive, skip a step whose gradients overflowed
+        # (the scale halves), grow the scale after 2,000 good steps. A no-op in fp32 and bf16.
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
         self.step = 0
         self.history: list[dict[str, Any]] = []
         self._writer = None
@@ -384,7 +391,8 @@ class Trainer:
             return None
         target = self.cfg.out_dir / CHECKPOINTS / f"step-{self.step}"
         state = {
-            "step": self.step, "optimizer": optim, "scheduler": self.scheduler.state_dict(), "rng": rngs,
+            "step": self.step, "optimizer": optim, "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
+            "rng": rngs,
             "data": data_state, "elapsed": self.elapsed, "world_size": self.dist.world_size,
             "config": json.loads(json.dumps({k: v for k, v in asdict(self.cfg).items() if k != "settings"}, default=str)),
         }
@@ -414,6 +422,8 @@ class Trainer:
         state = on_main(read, self.dist)
         load_full_state(self.unwrapped, self.optimizer, held.get("weights", {}), held.get("optimizer", {}), self.dist)
         self.scheduler.load_state_dict(state["scheduler"])
+        if state.get("scaler"):  # {} when the run was not fp16 (its precision cannot change on --resume)
+            self.scaler.load_state_dict(state["scaler"])
         self.step = int(state["step"])
         self.elapsed = float(state["elapsed"])
         self._restore_rng(state["rng"])
@@ -562,15 +572,18 @@ class Trainer:
                 loss = self.step_fn(model, batch).loss
             if scale != 1.0:
                 loss = loss * scale
-            (loss / run.grad_accum).backward()
+            self.scaler.scale(loss / run.grad_accum).backward()
             window.loss += loss.detach().float()
             window.count += 1
+            # the loss itself, before any scaling: a step the scaler skips (overflowing fp16 gradients) is not an error
             bad_step = torch.where((~torch.isfinite(loss.detach())) & (bad_step < 0), self.step + 1, bad_step)
         if not self._checked:
             self._check_gradients()
         if run.grad_clip:
+            self.scaler.unscale_(self.optimizer)  # clip the true gradients (fp16)
             torch.nn.utils.clip_grad_norm_(model.parameters(), run.grad_clip)  # the global norm, also over FSDP shards
-        self.optimizer.step()
+        self.scaler.step(self.optimizer)  # fp16: skipped when a gradient is inf or nan
+        self.scaler.update()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         return bad_step
@@ -677,6 +690,10 @@ class Trainer:
             keep = f"; the last good checkpoint is {good[-1]}" if good else ""
             bar.close()
             raise PretuneError(f"the loss became non-finite at step {int(first)}; lower --lr or check the data{keep}")
+        if self.scaler.is_enabled() and self.scaler.get_scale() < MIN_GRAD_SCALE:
+            bar.close()
+            raise PretuneError(f"fp16: the gradients overflowed at every loss scale down to {self.scaler.get_scale():.1e} "
+                               f"(each such step skipped) by step {self.step}; train with --precision bf16 or fp32")
 
     def _log_record(self, window: _Window, bar: tqdm) -> dict[str, Any]:
         elapsed = time.perf_counter() - window.started
@@ -688,6 +705,8 @@ class Trainer:
             "loss": mean_loss, "lr": self.cfg.run.lr * factor,
             "tokens_per_s": window.tokens * self.dist.world_size / max(elapsed, 1e-9), "elapsed_s": elapsed,
         }
+        if self.scaler.is_enabled():  # fp16: the loss scale now (it halves at each skipped step)
+            record["grad_scale"] = self.scaler.get_scale()
         bar.set_postfix(step=self.step, loss=f"{mean_loss:.4f}", lr=f"{record['lr']:.2e}", tok_s=f"{record['tokens_per_s']:.0f}")
         return record
 
