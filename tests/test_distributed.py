@@ -229,10 +229,16 @@ def test_pretraining_equals_one_process(runs, name: str) -> None:
     for model in (name, f"{name}/generator") if name.startswith("electra") else (name,):
         a, b = (read_weights(run / model / "model.safetensors") for run in (one, two))
         assert a.keys() == b.keys() and ("nsp.weight" in a) == (name.startswith("bert") and name != "bert-mlm")  # --no-nsp: none
-        # fp16: each rank rounds its half of the batch to fp16 before the average (measured: 4.7e-5)
-        atol = 1e-4 if "fp16" in name else 1e-5
         for key in a:
-            assert torch.allclose(a[key], b[key], atol=atol), key
+            if "fp16" in name:
+                # each rank rounds its half of the batch to fp16 before the average, and Adam turns a
+                # tiny gradient's rounding into up to a step of lr (1e-3): measured, mean differences
+                # of 6e-7 and maxima of 5e-5 to over 1e-4 in repeated runs. A step skipped on one side
+                # only would move almost every weight by about lr.
+                diff = (a[key] - b[key]).abs()
+                assert diff.mean() < 1e-5 and diff.max() < 1e-3, (key, diff.mean(), diff.max())
+            else:
+                assert torch.allclose(a[key], b[key], atol=1e-5), key
         load_model(two / model)  # a model directory like any other
     if name.startswith("electra"):
         assert results["objective"] == "electra" and "val_disc_accuracy" in results["eval_at_end"]
