@@ -74,9 +74,10 @@ def parameter_count(cfg: ModelConfig) -> int:
 # Bytes per activation kept for the backward pass. Under bf16/fp16 autocast a GPU runs the matmuls,
 # attention and GELU in half precision: 2 bytes (LayerNorm's inputs stay fp32, a small share; not
 # measured: no GPU was lent to this work). On a CPU attention runs in fp32 under autocast
-# (models/core.py, SelfAttention: its bf16 backward is slow there), and with its fp32 copies of
-# queries, keys and values a bf16 step's rise of peak RSS was 0.78 and 0.92 of fp32's (bert-mini b8
-# s512, bert-tiny b8 s1024, no attention dropout, one thread of a Xeon with AMX): 3.5 bytes.
+# (tuning.CPU_BF16_ATTENTION_IN_FP32, read by models/core.py: SDPA's bf16 CPU backward is slow), and
+# with its fp32 copies of queries, keys and values a bf16 step's rise of peak RSS was 0.78 and 0.92
+# of fp32's (bert-mini b8 s512, bert-tiny b8 s1024, no attention dropout, one thread of a Xeon with
+# AMX): 3.5 bytes.
 ACTIVATION_BYTES = {("cpu", "fp32"): 4.0, ("cpu", "half"): 3.5, ("gpu", "fp32"): 4.0, ("gpu", "half"): 2.0}
 
 
