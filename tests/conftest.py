@@ -15,6 +15,11 @@ import os
 import pytest
 import torch
 
+# No test reaches the Hugging Face Hub or reads a user's caches: offline (set before transformers or
+# datasets is imported, which read it once), with empty caches of the session's own (below).
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_DATASETS_OFFLINE"] = "1"
+
 # (test file, text of the skip reason): skips CI cannot avoid.
 ALLOWED_IN_CI = (
     ("tests/test_prefetch.py", "needs CUDA"),  # CI machines have no GPU
@@ -74,3 +79,15 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _own_hugging_face_caches(tmp_path_factory: pytest.TempPathFactory):
+    """HF_HOME, HF_HUB_CACHE and HF_DATASETS_CACHE in a folder of this session (tests that build a
+    cache point them elsewhere themselves)."""
+    root = tmp_path_factory.mktemp("hf-home")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HF_HOME", str(root))
+        mp.setenv("HF_HUB_CACHE", str(root / "hub"))
+        mp.setenv("HF_DATASETS_CACHE", str(root / "datasets"))
+        yield root

@@ -16,7 +16,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from pretune.checkpoint import ModelSource, model_config, model_source
+from pretune.checkpoint import ModelSource, model_config, model_source, tokenizer_path
 from pretune.config import ModelConfig, objective_for
 from pretune.errors import PretuneError
 from pretune.io import check_out_place
@@ -48,7 +48,7 @@ def existing_dir(path: str | Path | None, flag: str) -> Path | None:
 def _model_inputs(source: ModelSource, tokenizer: str | None) -> tuple[Path, ...]:
     """The directories (and config file) a run reads its model and tokenizer from."""
     given = [source.path] if source.path is not None else []
-    return tuple(given) + ((Path(tokenizer),) if tokenizer else ())
+    return tuple(given) + ((tokenizer_path(tokenizer),) if tokenizer else ())
 
 
 def check_length(flag: str, length: int, cfg: ModelConfig, source: ModelSource) -> None:
@@ -138,7 +138,7 @@ def _paths(values: Iterable[str | None], flag: str) -> list[Path]:
 def _model_and_out(s: Any, files: list[Path]) -> tuple[ModelSource, ModelConfig]:
     """--model and --tokenizer exist, --out may be made and is none of the inputs; the model's config."""
     source = model_source(s.model)
-    existing_dir(s.tokenizer, "--tokenizer")
+    existing_dir(tokenizer_path(s.tokenizer) if s.tokenizer else None, "--tokenizer")
     check_out_place(s.out, inputs=(*files, *_model_inputs(source, s.tokenizer)))
     if source.fresh and not s.tokenizer:
         raise PretuneError(f"--tokenizer is required when --model is a preset or a config file ({s.model})")

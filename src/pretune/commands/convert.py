@@ -11,7 +11,7 @@ from pretune.settings import add_command, require, setting
 
 @dataclass
 class ConvertSettings:
-    from_hf: str | None = setting(None, metavar="HF_DIR", help="a Hugging Face BERT or OpenAI GPT directory to convert")
+    from_hf: str | None = setting(None, metavar="HF_DIR", help="a Hugging Face BERT, OpenAI GPT or GPT-2 directory, or a Hub id (org/name[@revision]), to convert")
     to_hf: str | None = setting(None, metavar="DIR", help="a pretune model directory to export")
     out: str | None = setting(None, help="directory to write (appears whole when complete)")
     overwrite: bool = setting(False, help="replace --out if it holds anything")

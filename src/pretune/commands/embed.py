@@ -15,7 +15,7 @@ from pretune.train.settings import Runtime
 
 @dataclass
 class EmbedSettings(Runtime):
-    model: str | None = setting(None, help="pretune or Hugging Face model directory")
+    model: str | None = setting(None, help="pretune or Hugging Face model directory, or a Hub id (org/name[@revision])")
     layer: int = setting(-1, help="0 = embeddings, N = block N, -1 = last")
     pool: Literal["mean", "cls"] | None = setting(None, help="one sentence vector (mean or cls) instead of one per token")
     word: str | None = setting(None, help="the vector of this word in each text: its first occurrence's sub-tokens, averaged")

@@ -6,6 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
+from pretune.errors import PretuneError
 from pretune.settings import add_command, require
 from pretune.train.settings import EvaluateSettings
 
@@ -30,6 +31,9 @@ def check_outputs(s: EvaluateSettings, out: str | Path | None) -> None:
 
     existing_file(s.data, "--data")
     source = model_source(s.model)
+    if out is None and source.hub:
+        raise PretuneError(f"--model {s.model} is read from the Hugging Face cache, which is no place for results; "
+                           f"give --out FILE")
     if out is not None:
         names = (CONFIG_FILE, WEIGHTS_FILE, *TOKENIZER_FILES, *TOKENIZER_EXTRAS)
         model_files = [source.path / name for name in names] if source.path is not None else []

@@ -12,7 +12,7 @@ from pretune.train.settings import Runtime
 
 @dataclass
 class SensesSettings(Runtime):
-    model: str | None = setting(None, help="pretune or Hugging Face model directory")
+    model: str | None = setting(None, help="pretune or Hugging Face model directory, or a Hub id (org/name[@revision])")
     data: str | None = setting(None, metavar="FILE", help="sense<TAB>sentence rows (# comments and blank lines skipped), "
                                "or a set that ships with pretune: nun-ko (눈: snow, eye), bank-en (bank: river, money)")
     word: str | None = setting(None, help="the word whose senses the sentences use (a bundled set knows its own)")

@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import shutil
 import time
 import warnings
@@ -92,6 +93,10 @@ def load_backbone(s: FinetuneSettings) -> tuple[Any, Any]:
         if source_family(source) == "gpt" and tokenizer.kind != "wordpiece":
             tokenizer.ensure_gpt_special_tokens()
         overrides["vocab_size"] = tokenizer.vocab_size
+        if os.environ.get("RANK", "0") == "0":
+            what = "preset" if source.kind == "preset" else "config file"
+            tqdm.write(f"from scratch: {s.model} is a {what}, so the model starts from random weights "
+                       f"(pass a pretrained model directory or Hugging Face Hub id to fine-tune pretrained ones)")
     loaded = load_model(s.model, overrides=overrides, tokenizer=tokenizer)
     _check_tokenizer(loaded.tokenizer, loaded.config.family, s.model)
     if loaded.config.family == "gpt":
