@@ -132,7 +132,11 @@ def check_memory(cfg: ModelConfig, batch: int, length: int, device: str, length_
 
 
 def _paths(values: Iterable[str | None], flag: str) -> list[Path]:
-    return [existing_file(v, flag) for v in values if v]
+    """The input files given; a data set of the datasets library (``hf:NAME``, a parquet file, a
+    save_to_disk directory) is checked when it is loaded."""
+    from pretune.tasks.sources import is_dataset
+
+    return [existing_file(v, flag) if not is_dataset(v) else Path(v) for v in values if v]
 
 
 def _model_and_out(s: Any, files: list[Path]) -> tuple[ModelSource, ModelConfig]:

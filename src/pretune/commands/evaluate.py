@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 from pathlib import Path
 
 from pretune.errors import PretuneError
@@ -27,9 +28,10 @@ def check_outputs(s: EvaluateSettings, out: str | Path | None) -> None:
     and an existing file only with --overwrite."""
     from pretune.checkpoint import CONFIG_FILE, TOKENIZER_FILES, WEIGHTS_FILE, model_source
     from pretune.io import check_out_file
+    from pretune.tasks.sources import is_dataset
     from pretune.validate import existing_file
 
-    existing_file(s.data, "--data")
+    data = [] if is_dataset(s.data) else [existing_file(s.data, "--data")]
     source = model_source(s.model)
     if out is None and source.hub:
         raise PretuneError(f"--model {s.model} is read from the Hugging Face cache, which is no place for results; "
@@ -37,7 +39,7 @@ def check_outputs(s: EvaluateSettings, out: str | Path | None) -> None:
     if out is not None:
         names = (CONFIG_FILE, WEIGHTS_FILE, *TOKENIZER_FILES, *TOKENIZER_EXTRAS)
         model_files = [source.path / name for name in names] if source.path is not None else []
-        check_out_file(out, inputs=(s.data, *model_files), overwrite=s.overwrite)
+        check_out_file(out, inputs=(*data, *model_files), overwrite=s.overwrite)
 
 
 def run(s: EvaluateSettings) -> int:
@@ -51,7 +53,8 @@ def run(s: EvaluateSettings) -> int:
         max_seq_len=s.max_seq_len, no_truncate=s.no_truncate, device=s.device, precision=s.precision,
         progress=s.progress,
     )
-    out = Path(s.out) if s.out else Path(s.model) / f"eval_{Path(s.data).name}.json"
+    name = re.sub(r"[/:]", "_", s.data[3:]) if s.data.startswith("hf:") else Path(s.data).name  # hf:org/set:config
+    out = Path(s.out) if s.out else Path(s.model) / f"eval_{name}.json"
     write_json(out, metrics)
     width = max(len(k) for k in metrics)
     for name, value in metrics.items():

@@ -206,9 +206,9 @@ class FinetuneRun:
     def _read_data(self) -> None:
         """Train, validation (a file or a split of train), optional test."""
         s, recipe = self.settings, self.recipe
-        train = read_examples(recipe, s.train, limit=s.limit, train=True)
+        train = read_examples(recipe, s.train, limit=s.limit, train=True, split="train")
         if s.validation:
-            val = read_examples(recipe, s.validation, limit=s.limit)
+            val = read_examples(recipe, s.validation, limit=s.limit, split="validation")
         elif s.validation_split:
             train, val = self.family.split(train, s.validation_split, s.trainer.seed)
         else:
@@ -216,7 +216,7 @@ class FinetuneRun:
         if not self.family.is_labelled(val):
             raise PretuneError(f"{s.validation or s.train}: the validation examples have no labels; set --label-col")
         self.train_examples, self.val_examples = train, val
-        self.test_examples = read_examples(recipe, s.test, limit=s.limit) if s.test else None
+        self.test_examples = read_examples(recipe, s.test, limit=s.limit, split="test") if s.test else None
 
     def _features(self, examples: Sequence[Any] | None, what: str, train: bool = False) -> FeatureSet | None:
         """Features; truncation is counted (one warning per split) or, with --no-truncate, an error."""
