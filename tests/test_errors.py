@@ -75,6 +75,11 @@ def _corpus(w: Path) -> None:
         (w / name).mkdir()
         _text(w / name / "keep.txt", "someone's results\n")
     (w / "nodata").mkdir()
+    import datasets  # the test extra installs it (pretune[hf])
+
+    table = datasets.Dataset.from_dict({"text": ["the cat sat", "a dog ran"], "label": [1, 0]})
+    datasets.DatasetDict({"train": table, "validation": table}).save_to_disk(str(w / "ds"))
+    table.to_parquet(str(w / "cls.parquet"))
 
 
 def _models(w: Path) -> None:
