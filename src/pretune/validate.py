@@ -132,11 +132,22 @@ def check_memory(cfg: ModelConfig, batch: int, length: int, device: str, length_
 
 
 def _paths(values: Iterable[str | None], flag: str) -> list[Path]:
-    """The input files given; a data set of the datasets library (``hf:NAME``, a parquet file, a
-    save_to_disk directory) is checked when it is loaded."""
-    from pretune.tasks.sources import is_dataset
+    """The input files given (a data set of the datasets library: its file or directory; an
+    ``hf:NAME`` is checked when it is loaded)."""
+    return [p for v in values if v for p in data_inputs(v, flag)]
 
-    return [existing_file(v, flag) if not is_dataset(v) else Path(v) for v in values if v]
+
+def data_inputs(value: str, flag: str) -> list[Path]:
+    """The local paths a task-data value reads, which must exist: a file, or a data set's file or
+    ``save_to_disk`` directory (none for an ``hf:`` name)."""
+    from pretune.tasks.sources import is_dataset, local_path
+
+    if not is_dataset(value):
+        return [existing_file(value, flag)]
+    path = local_path(value)
+    if path is not None and not path.exists():
+        raise PretuneError(f"{flag} {value}: no such file or data set directory")
+    return [path] if path is not None else []
 
 
 def _model_and_out(s: Any, files: list[Path]) -> tuple[ModelSource, ModelConfig]:
@@ -176,6 +187,6 @@ def finetune_settings(s: Any) -> None:
 
 
 __all__ = [
-    "available_bytes", "check_length", "check_memory", "existing_dir", "existing_file", "finetune_settings",
+    "available_bytes", "check_length", "check_memory", "data_inputs", "existing_dir", "existing_file", "finetune_settings",
     "parameter_count", "pretrain_settings", "training_bytes",
 ]

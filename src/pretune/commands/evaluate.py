@@ -28,10 +28,9 @@ def check_outputs(s: EvaluateSettings, out: str | Path | None) -> None:
     and an existing file only with --overwrite."""
     from pretune.checkpoint import CONFIG_FILE, TOKENIZER_FILES, WEIGHTS_FILE, model_source
     from pretune.io import check_out_file
-    from pretune.tasks.sources import is_dataset
-    from pretune.validate import existing_file
+    from pretune.validate import data_inputs
 
-    data = [] if is_dataset(s.data) else [existing_file(s.data, "--data")]
+    data = data_inputs(s.data, "--data")
     source = model_source(s.model)
     if out is None and source.hub:
         raise PretuneError(f"--model {s.model} is read from the Hugging Face cache, which is no place for results; "

@@ -72,6 +72,15 @@ def is_dataset(value: str | Path | None) -> bool:
     return split is not None and not path.exists() and _is_disk_dir(Path(head))
 
 
+def local_path(value: str | Path) -> Path | None:
+    """The file or directory a data set value reads on this machine (without ``@SPLIT``); None for
+    an ``hf:`` name, which only loading can check."""
+    text = str(value)
+    if text.startswith(PREFIX):
+        return None
+    return Path(text) if Path(text).exists() else Path(_split_suffix(text)[0])
+
+
 def with_split(value: str | Path, split: str | None) -> str | Path:
     """``value`` with ``@split`` added where it is a data set that names no split (files stay as they are)."""
     if split is None or not is_dataset(value) or _split_suffix(str(value))[1] is not None:
@@ -170,4 +179,4 @@ def cell(value: Any) -> str:
     return "" if value is None else str(value)
 
 
-__all__ = ["Table", "cell", "is_dataset", "load_table", "tag_names", "with_split"]
+__all__ = ["Table", "cell", "is_dataset", "load_table", "local_path", "tag_names", "with_split"]
