@@ -101,6 +101,28 @@ def test_finetune_from_a_hub_id_runs_as_from_its_directory(offline: Path, tmp_pa
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)  # the same start, the same steps
 
 
+def test_a_gpt2_hub_id_generates_what_its_directory_generates(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                               capsys: pytest.CaptureFixture) -> None:
+    from pretune.tokenizer import train_tokenizer
+
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("\n".join(" ".join(WORDS[i:] + WORDS[:i]) for i in range(len(WORDS))) + "\n", encoding="utf-8")
+    tok = train_tokenizer([corpus], "bpe", 300, show_progress=False)
+    cfg = transformers.GPT2Config(vocab_size=tok.vocab_size, n_positions=32, n_embd=32, n_layer=1, n_head=2,
+                                  bos_token_id=None, eos_token_id=None)
+    torch.manual_seed(0)
+    transformers.GPT2LMHeadModel(cfg).save_pretrained(tmp_path / "gpt2")
+    tok.save(tmp_path / "gpt2")
+    add_snapshot(tmp_path / "hub", "org/tiny-gpt2", tmp_path / "gpt2", "e" * 40)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    outputs = []
+    for model in (str(tmp_path / "gpt2"), "org/tiny-gpt2", f"org/tiny-gpt2@{'e' * 40}"):
+        assert cli.main(["generate", "--model", model, "--max-new-tokens", "8", "--seed", "1", "--json", "the cat",
+                         "a dog"]) == 0
+        outputs.append(capsys.readouterr().out)
+    assert outputs[0] == outputs[1] == outputs[2] and outputs[0].count("\n") == 2
+
+
 def _error(argv: list[str], capsys: pytest.CaptureFixture) -> str:
     assert cli.main(argv) == 2
     lines = capsys.readouterr().err.splitlines()
