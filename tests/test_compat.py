@@ -64,3 +64,17 @@ def test_encoding_without_encode_batch_fast_gives_the_same_ids(tmp_path) -> None
     assert legacy.encode_batch(texts) == tok.encode_batch(texts) == ids
     flat, lens = shards._encode(old, texts, np.dtype(np.uint16))  # corpus preparation
     assert lens.tolist() == [len(x) for x in ids] and flat.tolist() == [t for x in ids for t in x]
+
+
+def test_libraries_deprecation_notices_are_not_shown_to_users(capsys: pytest.CaptureFixture) -> None:
+    """Found by make minimums: matplotlib 3.7.0 under pyparsing 3.3 warns 'parseString deprecated'
+    for every plot; the command line shows warnings meant for users only."""
+    import warnings
+
+    from pretune.cli import plain_warnings
+
+    with plain_warnings("pretrain"):
+        warnings.warn("'parseString' deprecated - use 'parse_string'", DeprecationWarning, stacklevel=1)
+        warnings.warn("soon gone", PendingDeprecationWarning, stacklevel=1)
+        warnings.warn("12 examples were truncated", UserWarning, stacklevel=1)
+    assert capsys.readouterr().err == "pretune pretrain: warning: 12 examples were truncated\n"
