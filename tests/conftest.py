@@ -10,15 +10,22 @@ exits with status 1.
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 
 import pytest
 import torch
 
-# No test reaches the Hugging Face Hub or reads a user's caches: offline (set before transformers or
-# datasets is imported, which read it once), with empty caches of the session's own (below).
-os.environ["HF_HUB_OFFLINE"] = "1"
-os.environ["HF_DATASETS_OFFLINE"] = "1"
+# No test reaches the Hugging Face Hub or touches a user's caches: offline, with empty caches of the
+# session's own, removed at its end. Set here, before transformers or datasets is imported (both read
+# these variables once, at import; pretune.hub reads them at each call, so tests may point them
+# elsewhere).
+_HF_HOME = tempfile.mkdtemp(prefix="pretune-tests-hf-")
+os.environ.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", HF_HOME=_HF_HOME,
+                  HF_HUB_CACHE=os.path.join(_HF_HOME, "hub"), HF_DATASETS_CACHE=os.path.join(_HF_HOME, "datasets"))
+atexit.register(shutil.rmtree, _HF_HOME, ignore_errors=True)
 
 # (test file, text of the skip reason): skips CI cannot avoid.
 ALLOWED_IN_CI = (
@@ -79,15 +86,3 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
-
-
-@pytest.fixture(autouse=True, scope="session")
-def _own_hugging_face_caches(tmp_path_factory: pytest.TempPathFactory):
-    """HF_HOME, HF_HUB_CACHE and HF_DATASETS_CACHE in a folder of this session (tests that build a
-    cache point them elsewhere themselves)."""
-    root = tmp_path_factory.mktemp("hf-home")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("HF_HOME", str(root))
-        mp.setenv("HF_HUB_CACHE", str(root / "hub"))
-        mp.setenv("HF_DATASETS_CACHE", str(root / "datasets"))
-        yield root
