@@ -24,7 +24,8 @@ def test_demo_pipeline_writes_results_plots_and_report(tmp_path: Path) -> None:
     )
     results = run_demo(s, command="pretune demo (test)")
     out = Path(s.out)
-    for name in ("results.json", "report.md", "learning_curve.png", "pretrain_loss.png"):
+    for name in ("results.json", "report.md", "learning_curve.png", "pretrain_loss.png", "senses_accuracy.png",
+                 "senses_byeol_accuracy.png"):
         assert (out / name).is_file() and (out / name).stat().st_size > 0, name
     saved = json.loads((out / "results.json").read_text())
     assert saved["test_size"] == 64
@@ -44,6 +45,11 @@ def test_demo_pipeline_writes_results_plots_and_report(tmp_path: Path) -> None:
     assert len(emb["cosine"]) == 6 and all(abs(emb["cosine"][i][i] - 1) < 1e-5 for i in range(6))
     report = (out / "report.md").read_text()
     assert "| bert | pretrained | 64 |" in report and "눈이 와서 너무 좋다" in report and "learning_curve.png" in report
+    # why 눈 as snow cannot be learned here, and the corpus counts of the senses of the probed words
+    words = " ".join(report.split())
+    assert "Of the 662,387 lines of NSMC's unlabeled reviews" in words and "about 110 use 눈 as snow" in words
+    assert "(별 5개, 별 반개도 아깝다) in about 1,575 lines" in words and "(별 기대 없이, 별 내용 없다), in about 1,936" in words
+    assert '"눈" in 48 sentences' in report and '"별" in 96 sentences' in report
     assert results["pretrain"]["bert"]["steps"] >= 1
     # A second run with the same --out reuses the tokenizer and the pretrained model.
     tok_mtime = (out / "tokenizer" / "tokenizer.json").stat().st_mtime_ns

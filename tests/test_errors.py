@@ -94,6 +94,7 @@ def _models(w: Path) -> None:
     bpe = Tokenizer.load(w / "bpe")
     save_model(w / "gpt", build_model(preset("gpt-tiny", vocab_size=bpe.vocab_size, max_positions=32, hidden=32, n_heads=2,
                                              n_layers=1)), bpe)
+    _gpt_finetuned(w, bpe)
     for name in ("trunc", "nohidden"):
         save_model(w / "bad" / name, model, tok)
     weights = w / "bad" / "trunc" / "model.safetensors"
@@ -101,6 +102,27 @@ def _models(w: Path) -> None:
     config = json.loads((w / "bad" / "nohidden" / "config.json").read_text())
     del config["hidden"]
     _text(w / "bad" / "nohidden" / "config.json", json.dumps(config))
+
+
+def _gpt_finetuned(w: Path, bpe: Tokenizer) -> None:
+    """Fine-tuned GPT-1 models (random heads, no training) whose heads no transformers class computes:
+    tagging (W/gpt-tag), a pair's two orderings added (W/gpt-sim), and a classifier whose bias cannot be
+    folded into the bias-free score layer (W/gpt-cls: the last LayerNorm's beta is still 0)."""
+    from pretune.tasks import TaskModel, TaskSpec, get_family
+
+    cases = {"gpt-tag": ("tagging", ["O", "B-X"], {}), "gpt-sim": ("regression", None, {"text_pair_col": "text2"}),
+             "gpt-cls": ("classification", ["no", "yes"], {})}
+    for name, (family, labels, columns) in cases.items():
+        torch.manual_seed(0)
+        cfg = preset("gpt-tiny", vocab_size=bpe.vocab_size, max_positions=32, hidden=32, n_heads=2, n_layers=1)
+        fam = get_family(family)
+        spec = TaskSpec(recipe=family, family=family, metric_names=list(fam.metric_names[:1]),
+                        main_metric=fam.metric_names[0], labels=labels, columns=columns, max_seq_len=32,
+                        pair_mode="similarity" if name == "gpt-sim" else "entailment")
+        model = TaskModel(build_model(cfg), spec, fam)
+        with torch.no_grad():
+            model.head.out.bias.fill_(0.5)
+        save_model(w / name, model, bpe, spec)
 
 
 def _runs(w: Path) -> None:

@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import uuid
+import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -168,13 +169,36 @@ def check_versions(directory: Path, raw: dict[str, Any]) -> None:
         )
 
 
-def export_hf(model: nn.Module, out_dir: str | Path, tokenizer: Any | None = None, exclude: Iterable[str] = ()) -> Path:
-    """Write a Hugging Face directory (config.json, model.safetensors, tokenizer files) atomically."""
+def export_hf(model: nn.Module, out_dir: str | Path, tokenizer: Any | None = None, exclude: Iterable[str] = (), *,
+              task: Any | None = None, head: dict[str, Tensor] | None = None, body_only: bool = False,
+              source: str = "the model") -> Path:
+    """Write a Hugging Face directory (config.json, model.safetensors, tokenizer files) atomically.
+
+    A fine-tuned model (a :class:`pretune.tasks.TaskModel`, or a backbone with its ``task`` and
+    ``head`` tensors as :func:`load_model` returns them) becomes the transformers class that holds
+    its head (``BertForSequenceClassification`` ...: :data:`pretune.hf.HEADS`); a head no class
+    computes exactly is refused (one line naming ``source``), and ``body_only`` exports the body alone.
+    """
     cfg: ModelConfig = model.cfg
-    state = state_dict_for_saving(model, exclude)
+    state = {**state_dict_for_saving(model, exclude), **(head or {})}
+    task = task if task is not None else getattr(model, "spec", None)
+    token_ids = tokenizer.hf_token_ids() if tokenizer is not None else None
+    if task is not None and not body_only:
+        from pretune.tasks.huggingface import export_head  # a fine-tuned model's task (a lazy import upward)
+
+        pad_id = tokenizer.pad_id if tokenizer is not None and tokenizer.has_role("pad") else 0  # the collator's
+        row, head_state, keys = export_head(cfg, task, state, pad_id=pad_id, source=source)
+        body = {k: v for k, v in state.items() if k.startswith(("body.", *row.keeps))}
+        hf_state = {**hf.to_hf_state_dict(body, cfg), **head_state}
+        hf_cfg = {**hf.config_to_hf(cfg, token_ids=token_ids, architecture=row.cls), **keys}
+        return _write_hf(out_dir, hf_state, hf_cfg, tokenizer)
+    state = {k: v for k, v in state.items() if not k.startswith("head.")}
     hf_state = hf.to_hf_state_dict(state, cfg)
-    hf_cfg = hf.config_to_hf(cfg, token_ids=tokenizer.hf_token_ids() if tokenizer is not None else None,
-                             architecture=hf.export_class(cfg, state))
+    hf_cfg = hf.config_to_hf(cfg, token_ids=token_ids, architecture=hf.export_class(cfg, state))
+    return _write_hf(out_dir, hf_state, hf_cfg, tokenizer)
+
+
+def _write_hf(out_dir: str | Path, hf_state: dict[str, Tensor], hf_cfg: dict[str, Any], tokenizer: Any | None) -> Path:
     with atomic_dir(out_dir) as tmp:
         save_file(hf_state, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
         (tmp / CONFIG_FILE).write_text(json.dumps(hf_cfg, indent=2) + "\n", encoding="utf-8")
@@ -369,8 +393,11 @@ def load_model(spec: str | Path, *, overrides: dict[str, Any] | None = None, tok
     if source.fresh:
         return LoadedModel(build_model(cfg), cfg, tokenizer, source=source.kind)
     path = source.path
+    found = None
     if source.kind == "huggingface":
-        state, where = hf.from_hf_state_dict(hf.read_hf_weights(path), cfg), str(path)
+        body, found = hf.split_head(raw, hf.read_hf_weights(path), str(path / CONFIG_FILE))
+        state, where = hf.from_hf_state_dict(body, cfg), str(path)
+        state.update(found.tensors if found is not None else {})
     else:
         state, where = read_weights(path / WEIGHTS_FILE), str(path / WEIGHTS_FILE)
     tokenizer = tokenizer if tokenizer is not None else load_tokenizer(path, flag="--model")
@@ -382,6 +409,12 @@ def load_model(spec: str | Path, *, overrides: dict[str, Any] | None = None, tok
         from pretune.tasks import TaskSpec
 
         task = TaskSpec.from_dict(raw["task"], source=str(path / CONFIG_FILE))
+    if found is not None:  # a Hugging Face fine-tuned class: its head's task
+        from pretune.tasks.huggingface import import_head
+
+        task = import_head(found, cfg, str(path / CONFIG_FILE))
+        if found.refused:
+            warnings.warn(f"{path}: {found.refused}; only the body is loaded", stacklevel=2)
     return LoadedModel(model, cfg, tokenizer, task, source.kind, missing, head)
 
 

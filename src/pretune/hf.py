@@ -14,7 +14,10 @@ Each tensor row says how the tensors relate:
   ``c_attn`` is already fused in the same order, so it is only transposed).
 
 Import and export read the same rows and the same key table, so the two directions cannot
-disagree. ``transformers`` is never imported here: a checkpoint directory is ``config.json`` plus
+disagree. :data:`HEADS` extends them to fine-tuned classes (``BertForSequenceClassification``,
+``ElectraForQuestionAnswering``, ``GPT2DoubleHeadsModel`` ...): one row per class, saying which
+task families it holds and how its head's tensors and config keys map to pretune's task head.
+``transformers`` is never imported here: a checkpoint directory is ``config.json`` plus
 ``model.safetensors`` (or ``pytorch_model.bin``).
 """
 
@@ -391,3 +394,244 @@ def read_hf_weights(directory: Path) -> dict[str, Tensor]:
     if binary.is_file():
         return torch.load(binary, map_location="cpu", weights_only=True)
     raise PretuneError(f"{directory}: no model.safetensors or pytorch_model.bin")
+
+
+# --- fine-tuned task heads ---------------------------------------------------------------------
+#
+# A fine-tuned pretune model is a body with a task head (``head.out``: one Linear, see
+# pretune.tasks.TaskModel). Each row below is one transformers class that holds such a head
+# exactly, as data: the architecture it extends, the task families it holds, its head's tensors,
+# the optional backbone parts it keeps beside the body, and its config keys. Export and import
+# read the same rows. Adding an architecture's heads is adding rows.
+
+TASK_KEY = "pretune_task"  # config.json key under which an export records its pretune task (TaskSpec)
+
+
+@dataclass(frozen=True)
+class Head:
+    """A transformers class holding a fine-tuned task head (config.json ``architectures``)."""
+
+    model_type: str  # the Arch it extends
+    cls: str  # transformers' class
+    families: tuple[str, ...]  # the pretune task families it holds
+    rules: tuple[Rule, ...]  # pretune ``head.*`` (and a pooler the Arch lacks) -> its head's tensors (top-level names)
+    keeps: tuple[str, ...] = ()  # optional backbone parts it holds beside ``body.*`` (BERT's pooler, an LM layer)
+    labels: bool = False  # num_labels sizes its output layer: id2label / label2id are written and read
+    problem_type: bool = False  # "single_label_classification" or "regression" is written
+    bias: bool = True  # False: its output layer has no bias; pretune's is folded into the weight (fold_bias)
+    last_token: bool = False  # reads the last token that is not pad_token_id (which must be the padding id)
+    dropout_key: str | None = None  # the config key of the dropout before the head
+    config: dict[str, Any] = field(default_factory=dict)  # constant keys: written on export, required on import
+    # "pretune": the inputs are in GPT-1's layout (<|start|> ... <|extract|>), so the head is read back only
+    # from pretune's own export (config.json has TASK_KEY); a head trained on plain text is not loaded
+    layout: str = "any"
+
+
+def _linear(ours: str, theirs: str) -> tuple[Rule, ...]:
+    return tuple(_layer(ours, theirs))
+
+
+_CLASSES = ("classification", "regression")
+# transformers' SequenceSummary as the DoubleHeads models use it: the state at mc_token_ids, one Linear to 1
+_SUMMARY = {"summary_type": "cls_index", "summary_use_proj": True, "summary_proj_to_labels": True,
+            "summary_activation": None}
+
+
+def _gpt_heads(model_type: str, name: str, tagging: bool) -> list[Head]:
+    rows = [
+        Head(model_type, f"{name}ForSequenceClassification", _CLASSES, (Rule("head.out.weight", ("score.weight",)),),
+             labels=True, problem_type=True, bias=False, last_token=True, layout="pretune"),
+        Head(model_type, f"{name}DoubleHeadsModel", ("multiple-choice",),
+             _linear("head.out", "multiple_choice_head.summary"), keeps=("lm_head.",),
+             dropout_key="summary_first_dropout", config=_SUMMARY, layout="pretune"),
+    ]
+    if tagging:  # transformers has GPT2ForTokenClassification, no OpenAIGPTForTokenClassification
+        rows.append(Head(model_type, f"{name}ForTokenClassification", ("tagging",), _linear("head.out", "classifier"),
+                         labels=True, dropout_key="classifier_dropout", layout="pretune"))
+    return rows
+
+
+HEADS: list[Head] = [
+    Head("bert", "BertForSequenceClassification", _CLASSES, _linear("head.out", "classifier"), keeps=("pooler.",),
+         labels=True, problem_type=True, dropout_key="classifier_dropout"),
+    Head("bert", "BertForMultipleChoice", ("multiple-choice",), _linear("head.out", "classifier"),
+         keeps=("pooler.",), dropout_key="classifier_dropout"),
+    Head("bert", "BertForTokenClassification", ("tagging",), _linear("head.out", "classifier"), labels=True,
+         dropout_key="classifier_dropout"),
+    # start logits are output 0, end logits output 1, in transformers as in pretune
+    Head("bert", "BertForQuestionAnswering", ("qa",), _linear("head.out", "qa_outputs"), labels=True),
+    # ELECTRA has no pooler of its own: pretune's ELECTRA pooler (dropout, dense, GELU on [CLS]) is
+    # the first half of transformers' ElectraClassificationHead and of its multiple-choice summary
+    Head("electra", "ElectraForSequenceClassification", _CLASSES,
+         (*_linear("pooler.dense", "classifier.dense"), *_linear("head.out", "classifier.out_proj")),
+         labels=True, problem_type=True, dropout_key="classifier_dropout"),
+    Head("electra", "ElectraForMultipleChoice", ("multiple-choice",),
+         (*_linear("pooler.dense", "sequence_summary.summary"), *_linear("head.out", "classifier")),
+         config={"summary_type": "first", "summary_use_proj": True, "summary_proj_to_labels": False,
+                 "summary_activation": "gelu"}),
+    Head("electra", "ElectraForTokenClassification", ("tagging",), _linear("head.out", "classifier"), labels=True,
+         dropout_key="classifier_dropout"),
+    Head("electra", "ElectraForQuestionAnswering", ("qa",), _linear("head.out", "qa_outputs"), labels=True),
+    *_gpt_heads("openai-gpt", "OpenAIGPT", tagging=False),
+    *_gpt_heads("gpt2", "GPT2", tagging=True),
+]
+
+
+def _out(head: Head) -> Rule:
+    """The rule of the head's output layer (``head.out.weight``), whose rows are the head's outputs."""
+    return next(rule for rule in head.rules if rule.ours == "head.out.weight")
+
+
+def head_for(cfg: ModelConfig, family: str) -> Head | None:
+    """The transformers class that holds a ``family`` head on this config's architecture, if any."""
+    model_type = arch_of(cfg).model_type
+    return next((h for h in HEADS if h.model_type == model_type and family in h.families), None)
+
+
+def head_of_hf(hf: dict[str, Any]) -> Head | None:
+    """The row of a Hugging Face ``config.json`` whose class holds a task head (None: a body or LM class)."""
+    names = hf.get("architectures") or []
+    return next((h for h in HEADS if h.model_type == hf.get("model_type") and h.cls in names), None)
+
+
+def final_norm(cfg: ModelConfig) -> str:
+    """pretune's name of the LayerNorm whose output is the body's last hidden state."""
+    return "body.norm_f" if cfg.norm == "pre" else f"body.blocks.{cfg.n_layers - 1}.norm2"
+
+
+def fold_bias(weight: Tensor, bias: Tensor, gamma: Tensor, beta: Tensor) -> Tensor | None:
+    """A weight ``W'`` with ``W' h = W h + b`` for every output ``h = γ ⊙ z + β`` of a LayerNorm.
+
+    A LayerNorm's normalised vector sums to zero, so ``Σ_j (h_j - β_j) / γ_j = 0`` and
+    ``v = (1/γ) / Σ_j (β_j / γ_j)`` has ``v·h = 1`` for every such ``h``: ``W' = W + b vᵀ``. None
+    when that is not exact in float32: a γ is 0, or ``Σ β/γ`` is so near 0 that ``v`` is huge (a
+    LayerNorm still at its initial β = 0). Checked on LayerNorm-shaped states: float32 ``W' h``
+    within 5e-6 of float64 ``W h + b`` (relative to the largest logit, at least 1): half the 1e-5
+    that pretune's parity with transformers allows, the other half left to the body.
+    """
+    if not bool(bias.any()):
+        return weight.clone()
+    w, b, g, be = (t.detach().double() for t in (weight, bias, gamma, beta))
+    if bool((g == 0).any()):
+        return None
+    total = (be / g).sum()
+    if float(total.abs()) < 1e-12:
+        return None
+    folded = w + b[:, None] * ((1.0 / g) / total)[None, :]
+    z = torch.randn(256, g.numel(), generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    z = (z - z.mean(1, keepdim=True)) / z.std(1, unbiased=False, keepdim=True)
+    h = (z * g + be).float()
+    want = h.double() @ w.T + b
+    got = (h @ folded.float().T).double()
+    if float((got - want).abs().max()) > 5e-6 * max(1.0, float(want.abs().max())):
+        return None
+    return folded.to(weight.dtype)
+
+
+def head_to_hf(head: Head, state: dict[str, Tensor], cfg: ModelConfig) -> dict[str, Tensor] | None:
+    """The task head's tensors under ``head``'s names (None: its bias cannot be folded, see :func:`fold_bias`)."""
+    out = {rule.theirs[0]: state[rule.ours].contiguous().clone() for rule in head.rules}
+    if not head.bias:
+        norm = final_norm(cfg)
+        folded = fold_bias(state["head.out.weight"], state["head.out.bias"], state[f"{norm}.weight"],
+                           state[f"{norm}.bias"])
+        if folded is None:
+            return None
+        out[_out(head).theirs[0]] = folded.contiguous()
+    return out
+
+
+def head_config(head: Head, *, n_out: int, labels: list[str] | None, family: str, dropout: float | None,
+                record: dict[str, Any]) -> dict[str, Any]:
+    """The config.json keys of ``head``'s class: labels, problem type, dropout, constants, pretune's task."""
+    keys: dict[str, Any] = {"architectures": [head.cls], **head.config}
+    if head.labels:
+        names = labels or [f"LABEL_{i}" for i in range(n_out)]
+        keys["id2label"] = {str(i): name for i, name in enumerate(names)}
+        keys["label2id"] = {name: i for i, name in enumerate(names)}
+    if head.problem_type:
+        keys["problem_type"] = "regression" if family == "regression" else "single_label_classification"
+    if head.dropout_key is not None and dropout is not None:
+        keys[head.dropout_key] = dropout
+    keys[TASK_KEY] = record
+    return keys
+
+
+@dataclass
+class HeadImport:
+    """The task head of a Hugging Face fine-tuned directory, as pretune reads it."""
+
+    head: Head
+    family: str | None  # the pretune task family; None when the head is refused
+    tensors: dict[str, Tensor]  # pretune names (head.*); empty when refused
+    labels: list[str] | None = None  # class or tag names (classification, tagging)
+    dropout: float | None = None  # the dropout before the head, when the config sets it
+    record: dict[str, Any] | None = None  # pretune's own task record (an export of pretune's)
+    refused: str | None = None  # why the head is not loaded (the body still is)
+
+
+def _placeholder(names: list[str]) -> bool:
+    return names == [f"LABEL_{i}" for i in range(len(names))]
+
+
+def _label_names(hf: dict[str, Any], n: int, source: str) -> list[str]:
+    raw = hf.get("id2label") or {str(i): f"LABEL_{i}" for i in range(n)}
+    try:
+        by_id = {int(k): str(v) for k, v in raw.items()}
+    except (AttributeError, TypeError, ValueError):
+        raise PretuneError(f"{source}: id2label must map class ids to names, got {raw!r}") from None
+    if sorted(by_id) != list(range(n)):
+        raise PretuneError(f"{source}: id2label names classes {sorted(by_id)} but the head has {n} outputs")
+    return [by_id[i] for i in range(n)]
+
+
+def split_head(hf: dict[str, Any], state: dict[str, Tensor], source: str) -> tuple[dict[str, Tensor], HeadImport | None]:
+    """The body's tensors and the task head of a fine-tuned class of :data:`HEADS` (None otherwise).
+
+    The head is loaded where pretune's task model holds it exactly; otherwise ``refused`` says why
+    and only the body is loaded (its tensors are left out either way, so the body loads alone).
+    """
+    head = head_of_hf(hf)
+    if head is None:
+        rows = [h for h in HEADS if h.model_type == hf.get("model_type")]
+        known = sorted({t for h in rows for rule in h.rules for t in rule.theirs} & set(state))
+        if known:  # e.g. an old checkpoint whose config.json names no architectures
+            raise PretuneError(
+                f"{source}: tensors such as {known[0]} belong to a fine-tuned class, but architectures "
+                f"{hf.get('architectures')} names none; set it to the class the model was trained as "
+                f"({', '.join(h.cls for h in rows)})"
+            )
+        return state, None
+    names = [t for rule in head.rules for t in rule.theirs]
+    absent = [t for t in names if t not in state]
+    if absent:
+        raise PretuneError(f"{source}: a {head.cls} checkpoint without its head's tensor(s) {absent}")
+    body = {k: v for k, v in state.items() if k not in names}
+    theirs = {t: state[t] for t in names}
+    n = theirs[_out(head).theirs[0]].shape[0]
+    record = hf.get(TASK_KEY) if isinstance(hf.get(TASK_KEY), dict) else None
+    family, why = head.families[0], None
+    if len(head.families) > 1:  # sequence classification: classes or a score
+        kind = hf.get("problem_type") or ("regression" if n == 1 else "single_label_classification")
+        family = {"regression": "regression", "single_label_classification": "classification"}.get(kind)
+        if family is None:
+            why = f"problem_type {kind!r} has no pretune task family (classification and regression do)"
+    differs = [k for k, v in head.config.items() if hf.get(k, v) != v]
+    if differs:
+        why = f"its {', '.join(f'{k}={hf[k]!r}' for k in differs)} computes another head than pretune's"
+    if head.layout == "pretune" and record is None:
+        why = ("its inputs were not laid out as pretune's GPT-1 fine-tuning lays them out (<|start|> ... "
+               "<|extract|>; only pretune's own export records that)")
+    if why is not None:
+        return body, HeadImport(head, None, {}, refused=f"the {head.cls} head is not loaded: {why}")
+    tensors = {rule.ours: theirs[rule.theirs[0]] for rule in head.rules}
+    if not head.bias:
+        weight = tensors["head.out.weight"]
+        tensors["head.out.bias"] = torch.zeros(weight.shape[0], dtype=weight.dtype)
+    labels = None
+    if head.labels and family in ("classification", "tagging"):
+        given = _label_names(hf, n, source)
+        keep = record is not None and record.get("labels") == given
+        labels = given if keep or not _placeholder(given) else [str(i) for i in range(n)]
+    dropout = hf.get(head.dropout_key) if head.dropout_key else None
+    return body, HeadImport(head, family, tensors, labels, dropout, record)

@@ -52,6 +52,11 @@ def load_finetuned(model_dir: str | Path, device: str = "auto", precision: str =
     from pretune.train.distributed import resolve_device
 
     loaded = load_model(model_dir)
+    if loaded.task is None and loaded.source == "huggingface":
+        raise PretuneError(
+            f"--model {model_dir}: holds no task head pretune can run (a Hugging Face directory needs a fine-tuned "
+            f"class such as BertForSequenceClassification; see docs/finetuning.md)"
+        )
     if loaded.task is None:
         raise PretuneError(
             f"--model {model_dir}: not a fine-tuned model (its config.json has no task); fine-tune it first "

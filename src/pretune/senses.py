@@ -31,6 +31,8 @@ from pretune.io import read_text_file
 SENSE_SETS = {
     "nun-ko": ("눈", Path(__file__).parent / "data" / "senses" / "nun_ko.tsv"),  # 24 snow, 24 eye
     "bank-en": ("bank", Path(__file__).parent / "data" / "senses" / "bank_en.tsv"),  # 24 river, 24 money
+    # 48 star (the rating's), 48 particular (別): reviews from NSMC's unlabeled corpus, the demo's pretraining text
+    "byeol-ko": ("별", Path(__file__).parent / "data" / "senses" / "byeol_ko.tsv"),
 }
 
 

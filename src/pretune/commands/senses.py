@@ -14,7 +14,8 @@ from pretune.train.settings import Runtime
 class SensesSettings(Runtime):
     model: str | None = setting(None, help="pretune or Hugging Face model directory, or a Hub id (org/name[@revision])")
     data: str | None = setting(None, metavar="FILE", help="sense<TAB>sentence rows (# comments and blank lines skipped), "
-                               "or a set that ships with pretune: nun-ko (눈: snow, eye), bank-en (bank: river, money)")
+                               "or a set that ships with pretune: nun-ko (눈: snow, eye), bank-en (bank: river, money), "
+                               "byeol-ko (별: star, particular; lines of NSMC)")
     word: str | None = setting(None, help="the word whose senses the sentences use (a bundled set knows its own)")
     untrained: bool = setting(False, help="also probe a freshly initialised model of the same config (the baseline)")
     seed: int = setting(0, help="initialisation seed of the untrained model")

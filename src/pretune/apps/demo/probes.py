@@ -1,5 +1,5 @@
-"""What the pretrained models learned, measured: the "눈" example and its sense probe, GPT-1's
-zero-shot sentiment and its layers-transferred analysis (figure 2)."""
+"""What the pretrained models learned, measured: the "눈" example, the sense probes of 눈 and 별,
+GPT-1's zero-shot sentiment and its layers-transferred analysis (figure 2)."""
 
 from __future__ import annotations
 
@@ -20,6 +20,15 @@ from pretune.train.trainer import checkpoint_dirs
 
 # The sense probe's sentences: 24 uses of "눈" as snow and 24 as eye (see the file's header).
 SENSE_WORD, SENSES_DATA = SENSE_SETS["nun-ko"]
+
+# The demo probes two words (their sets' names -> the stem of their plots' names): 눈, whose snow
+# sense NSMC's reviews hardly use, and 별, whose two senses they use often and whose sentences are
+# lines of the pretraining corpus itself.
+PROBE_SETS = {"nun-ko": "senses", "byeol-ko": "senses_byeol"}
+# Lines of NSMC's unlabeled corpus (all of it; non-blank lines) whose sense a pattern of
+# benchmarks/count_senses.py sees (docs/demo.md: the patterns' precision, checked by hand).
+CORPUS_LINES = 662_387
+SENSE_LINES = {"nun-ko": {"snow": 110, "eye": 2_547}, "byeol-ko": {"star": 1_575, "particular": 1_936}}
 
 # Senses of "눈" for the contextual-embedding example: snow and eye.
 SNOW = ["눈이 와서 너무 좋다", "밤새 눈이 내려 길이 하얗다", "겨울에는 눈이 많이 온다"]
@@ -47,17 +56,42 @@ def contextual_embedding_table(model_dir: Path) -> dict[str, Any]:
     }
 
 
+def fitting_rows(model: Any, tokenizer: Any, rows: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """The ``(sense, sentence)`` rows whose sentence the model takes whole: a demo run with short
+    ``--seq-len`` and ``--finetune-seq-len`` gives its model few positions."""
+    from pretune.embed import encode_for_model
+    from pretune.errors import PretuneError
+
+    kept = []
+    for sense, text in rows:
+        try:
+            encode_for_model(model, tokenizer, text)
+        except PretuneError:  # longer than the model's positions
+            continue
+        kept.append((sense, text))
+    return kept
+
+
 def contextual_embedding_stage(model_dir: Path, out: Path, s: DemoSettings) -> dict[str, Any]:
-    """The "눈" example (:func:`contextual_embedding_table`) and the sense probe over
-    :data:`SENSES_DATA`: the pretrained model at every layer (layer 0, the embeddings, is the
+    """The "눈" example (:func:`contextual_embedding_table`) and the sense probes of
+    :data:`PROBE_SETS`: the pretrained model at every layer (layer 0, the embeddings, is the
     near-static baseline) against its untrained twin (same config, fresh weights, ``s.seed``);
-    plots ``senses_accuracy.png`` and ``senses_cosine.png`` into ``out``."""
+    plots ``<stem>_accuracy.png`` and ``<stem>_cosine.png`` of each set into ``out``. Sentences
+    longer than the model's positions are left out (counted in ``left_out``); a set left with fewer
+    than two sentences of a sense is not probed."""
     loaded = load_model(model_dir)
-    rows = read_senses(SENSES_DATA)
-    probes = {name: sense_probe(model, loaded.tokenizer, rows, SENSE_WORD)
-              for name, model in (("pretrained", loaded.model), ("untrained", untrained_twin(loaded.model, s.seed)))}
-    plot_probes(probes, out)
-    return {**contextual_embedding_table(model_dir), "probe": probes}
+    models = {"pretrained": loaded.model, "untrained": untrained_twin(loaded.model, s.seed)}
+    probes, left_out = {}, {}
+    for name, stem in PROBE_SETS.items():
+        word, path = SENSE_SETS[name]
+        rows = read_senses(path)
+        kept = fitting_rows(loaded.model, loaded.tokenizer, rows)
+        left_out[name] = len(rows) - len(kept)
+        if min(sum(x == sense for x, _ in kept) for sense in {x for x, _ in rows}) < 2:
+            continue
+        probes[name] = {k: sense_probe(model, loaded.tokenizer, kept, word) for k, model in models.items()}
+        plot_probes(probes[name], out, stem)
+    return {**contextual_embedding_table(model_dir), "probes": probes, "left_out": left_out}
 
 
 @torch.no_grad()
@@ -116,5 +150,5 @@ def gpt_analysis(gpt_dir: Path, splits: dict[str, Any], out: Path, s: DemoSettin
     return {"layers_transferred": layers, "zero_shot": dict(sorted(zero.items())), "labels": labels}
 
 
-__all__ = ["EYE", "SENSES_DATA", "SENSE_WORD", "SNOW", "ZERO_SHOT", "contextual_embedding_stage", "contextual_embedding_table",
-           "gpt_analysis", "zero_shot_accuracy"]
+__all__ = ["CORPUS_LINES", "EYE", "PROBE_SETS", "SENSES_DATA", "SENSE_LINES", "SENSE_WORD", "SNOW", "ZERO_SHOT",
+           "contextual_embedding_stage", "contextual_embedding_table", "fitting_rows", "gpt_analysis", "zero_shot_accuracy"]

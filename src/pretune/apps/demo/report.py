@@ -65,27 +65,56 @@ def cosine_table(emb: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def senses_section(emb: dict[str, Any]) -> str:
-    """The sense probe: per layer, the pretrained model against its untrained twin, and a verdict."""
-    from pretune.senses import chance_accuracy, probe_table
+def _left_out(n: int) -> str:
+    return f", {n} longer than the model's positions left out" if n else ""
 
-    probes = emb.get("probe")
-    if not probes:
-        return ""
-    pre, twin = probes["pretrained"]["layers"], probes["untrained"]["layers"]
-    best = max(pre[1:], key=lambda x: x["nn_accuracy"])
-    n = probes["pretrained"]["sentences"]
-    chance = chance_accuracy(probes["pretrained"]["senses"])
+
+def _probe_section(name: str, probes: dict[str, Any], stem: str, left_out: int) -> str:
+    """One set's probe: the pretrained model against its untrained twin, layer by layer."""
+    from pretune.senses import SENSE_SETS, chance_accuracy, probe_table
+
+    pre, twin = probes["pretrained"], probes["untrained"]
+    best = max(pre["layers"][1:], key=lambda x: x["nn_accuracy"])
+    senses = ", ".join(f"{n} {sense}" for sense, n in pre["senses"].items())
     return (
-        f"\n### The sense probe: \"{probes['pretrained']['word']}\" in {n} sentences\n"
-        f"Leave-one-out nearest-neighbour sense accuracy of the word's vector (chance {chance:.2f}: the nearest other "
-        f"sentence is of the same sense) and the mean cosine of same- and cross-sense pairs, at every layer (0 = "
-        f"embeddings: the token and its position, nearly static). Pretrained: best transformer layer {best['layer']} at "
-        f"**{best['nn_accuracy']:.2f}**, layer 0 at {pre[0]['nn_accuracy']:.2f}; the untrained twin (same shape, fresh "
-        f"weights) reaches {max(x['nn_accuracy'] for x in twin[1:]):.2f} at its best transformer layer. "
-        f"The sentences are `src/pretune/data/senses/nun_ko.tsv` (`pretune senses --data nun-ko`).\n\n"
-        f"{probe_table(probes)}\n\n![sense accuracy by layer](senses_accuracy.png) ![cosine by layer](senses_cosine.png)\n"
+        f"\n#### \"{pre['word']}\" in {pre['sentences']} sentences ({senses}{_left_out(left_out)}; "
+        f"`src/pretune/data/senses/{SENSE_SETS[name][1].name}`, `pretune senses --data {name}`)\n"
+        f"Chance {chance_accuracy(pre['senses']):.2f}. Pretrained: best transformer layer {best['layer']} at "
+        f"**{best['nn_accuracy']:.2f}**, layer 0 at {pre['layers'][0]['nn_accuracy']:.2f}; the untrained twin reaches "
+        f"{max(x['nn_accuracy'] for x in twin['layers'][1:]):.2f} at its best transformer layer.\n\n"
+        f"{probe_table(probes)}\n\n![sense accuracy by layer]({stem}_accuracy.png) ![cosine by layer]({stem}_cosine.png)\n"
     )
+
+
+def senses_section(emb: dict[str, Any]) -> str:
+    """The sense probes (:data:`pretune.apps.demo.probes.PROBE_SETS`): per layer, the pretrained
+    model against its untrained twin."""
+    from pretune.apps.demo.probes import PROBE_SETS
+
+    probes, left_out = emb.get("probes") or {}, emb.get("left_out", {})
+    skipped = [f"`{name}` ({n} of its sentences are longer than the model's positions)"
+               for name, n in left_out.items() if name not in probes]
+    if not probes and not skipped:
+        return ""
+    return (
+        "\n### The sense probes\n"
+        "Leave-one-out nearest-neighbour sense accuracy of the word's vector (the nearest other sentence is of the "
+        "same sense; chance is the share of other sentences of the same sense) and the mean cosine of same- and "
+        "cross-sense pairs, at every layer (0 = embeddings: the token and its position, nearly static), for the "
+        "pretrained model and its untrained twin (same shape, fresh weights).\n"
+        + "".join(_probe_section(name, p, PROBE_SETS[name], left_out.get(name, 0)) for name, p in probes.items())
+        + (f"\nNot probed: {', '.join(skipped)}.\n" if skipped else "")
+    )
+
+
+def sense_counts() -> dict[str, str]:
+    """The template's counts of the corpus lines that use each probed sense (:data:`SENSE_LINES`)."""
+    from pretune.apps.demo.probes import CORPUS_LINES, SENSE_LINES
+
+    nun, byeol = SENSE_LINES["nun-ko"], SENSE_LINES["byeol-ko"]
+    return {"corpus_lines": f"{CORPUS_LINES:,}", "snow_lines": f"{nun['snow']:,}", "eye_lines": f"{nun['eye']:,}",
+            "snow_every": f"{round(CORPUS_LINES / nun['snow'], -2):,.0f}", "star_lines": f"{byeol['star']:,}",
+            "particular_lines": f"{byeol['particular']:,}"}
 
 
 def analysis_section(results: dict[str, Any]) -> str:
@@ -122,10 +151,10 @@ def write_report(out: Path, results: dict[str, Any]) -> Path:
         cross_sense=f"{emb['cross_sense_mean']:.3f}",
         sense_verdict="same-sense pairs are closer, as contextual embeddings should make them" if separated
         else "the model does not separate the senses at this amount of pretraining",
-        cosine_table=cosine_table(emb), senses=senses_section(emb), analysis=analysis_section(results),
+        cosine_table=cosine_table(emb), **sense_counts(), senses=senses_section(emb), analysis=analysis_section(results),
         stages="\n".join(f"| {k} | {v:.0f} |" for k, v in results["timings_s"].items()),
     )
     return write_text(out / "report.md", text)
 
 
-__all__ = ["conclusion", "senses_section", "write_report"]
+__all__ = ["conclusion", "sense_counts", "senses_section", "write_report"]
