@@ -13,6 +13,7 @@ check that only rank 0 touched the run directories.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import io
 import json
@@ -87,17 +88,26 @@ def run_case(case: dict[str, Any], root: Path) -> dict[str, Any]:
     return {"code": code, "error": errors[-1] if errors else None, "seconds": round(time.perf_counter() - started, 2)}
 
 
+def _report_group_at_exit(report: Path, rank: int) -> None:
+    """Registered before pretune joins the process group, so it runs after pretune's own exit
+    handler (atexit runs last-registered first): records whether the group was left."""
+    import torch.distributed as dist
+
+    report.mkdir(parents=True, exist_ok=True)
+    (report / f"exit-rank-{rank}.json").write_text(json.dumps({"group_left": not dist.is_initialized()}))
+
+
 def main(argv: list[str]) -> int:
     cases_file, root, report = Path(argv[0]), Path(argv[1]).resolve(), Path(argv[2])
     rank = int(os.environ.get("RANK", "0"))
+    atexit.register(_report_group_at_exit, report, rank)
     seen: list[str] = []
     sys.addaudithook(_audit(str(root) + os.sep, seen))
     results = {case["name"]: run_case(case, root) for case in json.loads(cases_file.read_text())}
     import torch.distributed as dist
 
     if dist.is_initialized():
-        dist.barrier()
-        dist.destroy_process_group()
+        dist.barrier()  # pretune leaves the group when the process ends
     report.mkdir(parents=True, exist_ok=True)
     (report / f"rank-{rank}.json").write_text(json.dumps({"cases": results, "writes": seen}, indent=1))
     return 0

@@ -59,14 +59,20 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return d
 
 
-def _pretrain(d: Path, family: str, out: str, *extra: str) -> dict:
+def _pretrain(d: Path, family: str, out: str, *extra: str, dropout: float = 0.0) -> dict:
     corpus, tok = (d / "ko.txt", d / "ko-wp") if family == "bert" else (d / "en.txt", d / "en-bpe")
+    tiny = [f"dropout={dropout}" if a == "dropout=0" else f"attn_dropout={dropout}" if a == "attn_dropout=0" else a for a in TINY]
     argv = [
         "pretrain", "--model", f"{family}-tiny", "--tokenizer", str(tok), "--data", str(corpus), "--out", "{root}/" + out,
         "--max-steps", "4", "--batch-size", "8", "--seq-len", "32", "--lr", "1e-3", "--warmup-steps", "1",
-        "--log-every", "1", "--eval-batches", "3", "--seed", "3", "--cache-dir", "{root}/cache", *TINY, *extra,
+        "--log-every", "1", "--eval-batches", "3", "--seed", "3", "--cache-dir", "{root}/cache", *tiny, *extra,
     ]
     return {"name": out, "argv": argv}
+
+
+# dropout on, a constant rate (a run cut at step 2 has the schedule of the whole one), a checkpoint and an
+# evaluation at step 2
+DROPOUT = ("--schedule", "constant", "--warmup-steps", "0", "--save-every", "2", "--eval-every", "2")
 
 
 FAMILIES = {  # kind: (task, file stem, extension, column flags)
@@ -113,6 +119,9 @@ def _cases(d: Path) -> list[dict]:
         _finetune(d, "gpt", "pair", "--keep-checkpoints", name="ft-gpt-pair-resumed"),  # kept: it is resumed below
         {**_finetune(d, "gpt", "pair", "--resume", "--epochs", "3", name="ft-gpt-pair-resumed"), "name": "ft-resume"},
         _finetune(d, "bert", "mc", "--fsdp", name="ft-bert-mc-fsdp"),
+        _pretrain(d, "gpt", "gpt-dropout", *DROPOUT, dropout=0.1),
+        _pretrain(d, "gpt", "gpt-dropout-cut", *DROPOUT, "--max-steps", "2", dropout=0.1),  # stops at the checkpoint
+        {**_pretrain(d, "gpt", "gpt-dropout-cut", *DROPOUT, "--resume", dropout=0.1), "name": "gpt-dropout-resumed"},
         {"name": "unused", "python": "unused_parameter"},
         {**_pretrain(d, "gpt", "indivisible", "--batch-size", "7"), "name": "indivisible"},
     ]
@@ -144,6 +153,7 @@ def runs(data: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Pa
     assert two.returncode == 0, out[-4000:]
     reports = {name: json.loads((work / name / "rank-0.json").read_text()) for name in ("report-one", "report-two")}
     rank1 = json.loads((work / "report-two" / "rank-1.json").read_text())
+    reports["exit"] = [json.loads((work / "report-two" / f"exit-rank-{r}.json").read_text()) for r in range(2)]
     return work / "one", work / "two", reports, rank1
 
 
@@ -173,6 +183,28 @@ def test_every_case_ran_and_failures_stop_every_rank_alike(runs) -> None:
                 assert where["code"] == 0, (name, where["error"])
             else:
                 assert where["code"] == 2 and all(part in where["error"] for part in expected), (name, where["error"])
+
+
+def test_every_rank_leaves_the_process_group_when_it_ends(runs) -> None:
+    """pretune joined the group (for the first case) and leaves it when the process ends: the
+    driver's exit hook, registered before the group existed, runs after pretune's and finds it gone."""
+    _, _, reports, _ = runs
+    assert reports["exit"] == [{"group_left": True}, {"group_left": True}]
+
+
+def test_dropout_on_two_processes_resumes_bit_exactly(runs) -> None:
+    """Dropout 0.1 under torchrun: a run stopped at its step-2 checkpoint and resumed (each rank's
+    own RNG state restored) equals the uninterrupted two-process run bit for bit: every logged loss
+    and held-out score, and every weight. Each rank draws its own dropout masks, so the reference is
+    the two-process run; the one-process run differs (dropout really ran)."""
+    one, two, _, _ = runs
+    full, cut = _records(two / "gpt-dropout"), _records(two / "gpt-dropout-cut")
+    keys = ("step", "loss", "lr", "val_loss", "val_perplexity")
+    assert [r["step"] for r in full] == [1, 2, 3, 4] and full[1]["val_loss"] is not None
+    assert [{k: r.get(k) for k in keys} for r in cut] == [{k: r.get(k) for k in keys} for r in full]
+    a, b = (read_weights(two / name / "model.safetensors") for name in ("gpt-dropout", "gpt-dropout-cut"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert max(abs(x["loss"] - y["loss"]) for x, y in zip(_records(one / "gpt-dropout"), full)) > 1e-4
 
 
 def test_only_rank_zero_writes(runs) -> None:

@@ -302,6 +302,20 @@ def test_aux_lm_loss_is_added_iff_lm_coef_and_averaged_per_sequence(coef: float)
     # evaluation takes the logits, training steps the fused output layer + loss: the same value and gradients
     with torch.no_grad():
         assert torch.allclose(model(**batch).loss, out.loss, atol=1e-5)
+    params = [p for p in model.parameters() if p.requires_grad]
+    fused = torch.autograd.grad(out.loss, params, allow_unused=True)
+    hidden = backbone.body(batch["input_ids"], padding_mask=batch["padding_mask"])[0]  # the same, by hand, dense
+    logp = backbone.lm_logits(hidden).log_softmax(-1)
+    lm = (-torch.stack([logp[0, t, [5, 6, 9, 8, 3][t]] for t in range(5)]).mean()
+          - torch.stack([logp[1, t, [7, 3][t]] for t in range(2)]).mean()) / 2
+    dense = torch.autograd.grad(F.cross_entropy(model.head.out(hidden[torch.arange(2), torch.tensor([5, 2])]), torch.tensor([1, 0]))
+                                + coef * lm, params, allow_unused=True)
+    assert all(b is None for a, b in zip(fused, dense) if a is None) and sum(a is not None for a in fused) > 4
+    for (name, _), a, b in zip(((n, p) for n, p in model.named_parameters() if p.requires_grad), fused, dense):
+        if a is not None:
+            assert torch.allclose(a, b, atol=1e-5), name
+    tok_grad = dict(zip((n for n, p in model.named_parameters() if p.requires_grad), fused))["body.embeddings.tok.weight"]
+    assert (tok_grad[10:].abs().sum() > 0) == (coef > 0)  # the tied output layer's gradient comes from the LM loss only
 
 
 def test_aux_lm_loss_over_choices_is_the_mean_of_every_sequences_mean() -> None:
@@ -422,6 +436,30 @@ def test_freeze_layers(work: Path, pretrained: Path, tmp_path: Path) -> None:
     with pytest.raises(PretuneError, match="--freeze-layers 5: the model has 2 layers"):
         FinetuneRun(settings(work, tmp_path / "r2", "classification", "bert", model=str(pretrained), tokenizer=None,
                              freeze_layers=5))
+
+
+def test_freeze_layers_keeps_gpt1s_new_token_rows_training(work: Path, tmp_path: Path) -> None:
+    """--freeze-layers on a GPT that gets <|start|> <|delim|> <|extract|> (and <|pad|>) added: the
+    pretrained rows of the (tied) token table stay bit-identical, with weight decay 0.01 too, while
+    the new rows, which the head reads and which were initialised at random, are trained."""
+    tok = _plain_lm_tokenizer(work)
+    torch.manual_seed(0)
+    pre = save_model(tmp_path / "gpt", build_model(preset("gpt-tiny", vocab_size=tok.vocab_size, **SMALL)), tok)
+    run = FinetuneRun(settings(work, tmp_path / "r", "classification", "gpt", model=str(pre), tokenizer=None,
+                               freeze_layers=1, epochs=1, weight_decay=0.01))
+    table = run.model.body.embeddings.tok.weight
+    v = tok.vocab_size
+    assert table.shape[0] == v + 4 and table.requires_grad
+    group = next(g for g in run.trainer.optimizer.param_groups if any(p is table for p in g["params"]))
+    assert group["weight_decay"] == 0.0
+    assert all(not p.requires_grad for p in run.model.body.embeddings.pos.parameters())
+    before = table.detach().clone()
+    run.run()
+    after = run.model.body.embeddings.tok.weight.detach()
+    assert torch.equal(after[:v], before[:v])
+    assert (after[v:] - before[v:]).abs().amax(1).min() > 0  # every new row moved
+    saved = load_finetuned(tmp_path / "r", "cpu").model.body.embeddings.tok.weight.detach()
+    assert torch.equal(saved[:v], before[:v])
 
 
 def test_transfer_layers_keeps_the_first_k(work: Path, pretrained: Path, tmp_path: Path) -> None:

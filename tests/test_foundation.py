@@ -83,6 +83,35 @@ def test_same_word_gets_different_vectors_in_different_contexts(minilm: Path) ->
     assert torch.allclose(static[0].vectors, static[1].vectors)
 
 
+@pytest.mark.parametrize("family", ["bert", "gpt"])
+def test_embed_runs_texts_in_padded_batches_and_gives_each_its_own_vectors(family: str, tmp_path: Path) -> None:
+    """Texts of different lengths go through the model a batch at a time (right-padded, the padding
+    masked): every text's vectors, pooled or not, at any layer, equal those it gets alone."""
+    from pretune.tokenizer import train_tokenizer
+
+    texts = ["the cat sat on the mat", "a dog", "the quick brown fox jumps over the lazy dog and the cat", "hi", "a cat"]
+    (tmp_path / "t.txt").write_text("\n".join(texts * 5) + "\n", encoding="utf-8")
+    tok = train_tokenizer([tmp_path / "t.txt"], "wordpiece" if family == "bert" else "bpe", 120 if family == "bert" else 300,
+                          show_progress=False)
+    torch.manual_seed(0)
+    model = build_model(preset(f"{family}-tiny", vocab_size=tok.vocab_size, hidden=32, n_heads=2, n_layers=2,
+                               max_positions=64)).eval()
+    calls = []
+    model.body.register_forward_hook(lambda module, args, output: calls.append(args[0].shape))
+    for pool in (None, "mean", *(("cls",) if family == "bert" else ())):
+        for layer in (0, 1, -1):
+            calls.clear()
+            batched = embed(model, tok, texts, pool=pool, layer=layer, batch_size=3)
+            assert len(calls) == 2 and len({len(x.tokens) for x in batched[:3]}) == 3  # 2 forwards, mixed lengths
+            for text, got in zip(texts, batched):
+                (alone,) = embed(model, tok, [text], pool=pool, layer=layer)
+                assert got.tokens == alone.tokens and got.offsets == alone.offsets
+                assert got.vectors.shape == alone.vectors.shape and torch.allclose(got.vectors, alone.vectors, atol=1e-5)
+    if family == "gpt":
+        with pytest.raises(PretuneError, match="--pool cls: a GPT has no \\[CLS\\] token"):
+            embed(model, tok, texts, pool="cls")
+
+
 def test_every_preset_builds_with_the_documented_shape() -> None:
     shapes = {"tiny": (2, 128, 2), "mini": (4, 256, 4), "small": (4, 512, 8), "base": (12, 768, 12)}
     for size, (layers, hidden, heads) in shapes.items():
@@ -115,7 +144,11 @@ def test_user_errors_are_one_line_with_exit_code_2(tmp_path: Path, capsys, minil
     err = _run_error(["embed", "--model", "bert-huge", "x"], capsys)
     assert "bert-tiny" in err and "gpt1" in err  # lists the valid presets
     (tmp_path / "bad.json").write_text(json.dumps({"family": "bert", "hidden": 100, "n_heads": 3}))
-    assert "divisible" in _run_error(["embed", "--model", str(tmp_path / "bad.json"), "x"], capsys)
+    assert "a config has random weights; embed needs a trained model directory" in _run_error(
+        ["embed", "--model", str(tmp_path / "bad.json"), "x"], capsys)
+    assert "divisible" in _run_error(["finetune", "--model", str(tmp_path / "bad.json"), "--task", "classification",
+                                      "--train", str(tmp_path / "bad.json"), "--validation-split", "0.5",
+                                      "--tokenizer", str(minilm), "--out", str(tmp_path / "o")], capsys)
     assert "not a pretune model directory" in _run_error(["convert", "--to-hf", str(tmp_path / "bad.json"), "--out", str(tmp_path / "o")], capsys)
     (tmp_path / "cfgdir").mkdir()
     (tmp_path / "cfgdir" / "config.json").write_text(json.dumps({"hidden": 64, "colour": "red"}))

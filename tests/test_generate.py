@@ -4,6 +4,7 @@ the context limit, stop strings, a padded vocabulary, and the commands."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -120,13 +121,13 @@ def test_seeded_sampling_is_reproducible(tmp_path: Path) -> None:
     s = SamplingSettings(max_new_tokens=20, sample=True, top_k=20, temperature=1.5)
 
     def run(seed: int) -> list:
-        return generate_ids(model, PROMPTS, s, eos_id=None, generator=torch.Generator().manual_seed(seed))
+        return generate_ids(model, PROMPTS, s, eos_id=None, generators=[torch.Generator().manual_seed(seed + i) for i in range(3)])
 
     assert run(7) == run(7)
     assert run(7) != run(8)
     greedy = generate_ids(model, PROMPTS, SamplingSettings(max_new_tokens=20), eos_id=None)
     one = generate_ids(model, PROMPTS, SamplingSettings(max_new_tokens=20, sample=True, top_k=1), eos_id=None,
-                       generator=torch.Generator().manual_seed(0))
+                       generators=[torch.Generator().manual_seed(0)] * 3)
     assert one == greedy  # top-k 1 sampling is greedy decoding
 
 
@@ -158,12 +159,63 @@ def test_top_k_and_top_p_never_emit_a_token_outside_the_allowed_set(top_k: int, 
     s = SamplingSettings(sample=True, top_k=top_k, top_p=top_p)
     outside, seen = 0, [set() for _ in range(4)]
     for _ in range(500):
-        for i, t in enumerate(next_tokens(logits, s, torch.zeros(4, 60, dtype=torch.bool), g).tolist()):
+        for i, t in enumerate(next_tokens(logits, s, torch.zeros(4, 60, dtype=torch.bool), [g] * 4).tolist()):
             outside += t not in allowed[i]
             seen[i].add(t)
     assert outside == 0
     assert sum(len(a) > 1 for a in allowed) >= 3  # the sets leave a choice ...
     assert all(len(seen[i]) > 1 for i in range(4) if len(allowed[i]) > 1)  # ... and sampling made it
+
+
+@pytest.mark.parametrize("top_p", [0.3, 0.6, 0.9, 0.99])
+def test_top_p_keeps_what_transformers_top_p_warper_keeps(top_p: float) -> None:
+    g = torch.Generator().manual_seed(1)
+    logits = torch.randn(16, 80, generator=g) * 3
+    theirs = transformers.TopPLogitsWarper(top_p)(None, logits.clone())
+    assert torch.equal(torch.isinf(filter_logits(logits, 0, top_p)), torch.isinf(theirs))
+    assert 1 < torch.isfinite(theirs).sum(1).float().mean() < 80  # a real cut
+
+
+@pytest.mark.parametrize("penalty", [1.5, 0.7])
+def test_repetition_penalty_matches_transformers_on_a_left_padded_batch(tmp_path: Path, penalty: float) -> None:
+    """Greedy with a repetition penalty equals ``transformers`` ``generate(repetition_penalty=...)``
+    on a left-padded batch, and each row equals its prompt run alone. transformers' penalty gathers
+    over every input id, padding included, so its batch is padded with a token each row holds
+    already (penalised once either way); padded with id 0 it would also penalise token 0 in the
+    padded rows, which pretune's rows never are (see pretune/lm/generate.py)."""
+    path, ref = tiny_hf_lm(tmp_path / "m", "gpt2")
+    ours = load_model(path).model.eval()
+    s = SamplingSettings(max_new_tokens=16, repetition_penalty=penalty)
+    got = [ids for ids, _ in generate_ids(ours, PROMPTS, s, eos_id=None, pad=81)]  # 81: a token the rows emit
+    assert got != [ids for ids, _ in generate_ids(ours, PROMPTS, SamplingSettings(max_new_tokens=16), eos_id=None)]
+    assert any(81 in ids for ids in got)
+    assert got == [generate_ids(ours, [p], s, eos_id=None)[0][0] for p in PROMPTS]  # padding changes nothing
+    ids, mask = _left_padded(PROMPTS)
+    for i, p in enumerate(PROMPTS):
+        ids[i, : ids.shape[1] - len(p)] = p[0]
+    with torch.no_grad():
+        theirs = ref.generate(input_ids=ids, attention_mask=mask, max_new_tokens=16, do_sample=False,
+                              repetition_penalty=penalty, pad_token_id=0)[:, ids.shape[1]:].tolist()
+    assert got == theirs
+
+
+def test_a_prompts_samples_depend_on_the_seed_and_their_place_only(gpt_dir: Path) -> None:
+    """Each sample draws from its own generator (seed, prompt, sample): the batch size and the
+    prompts beside it change nothing; another seed changes the samples."""
+    loaded = load_model(gpt_dir)
+    model, tok = loaded.model.eval(), loaded.tokenizer
+    prompts = ["The quick brown fox", "A stitch", "All that glitters is"]
+    s = SamplingSettings(max_new_tokens=8, sample=True, num_samples=2, seed=5, temperature=2.0)
+
+    def texts(ps: list[str], batch_size: int, seed: int = 5) -> list[tuple[int, int, list[int]]]:
+        return [(x.prompt_index, x.sample_index, x.token_ids)
+                for x in generate(model, tok, ps, dataclasses.replace(s, seed=seed), batch_size=batch_size)]
+
+    whole = texts(prompts, 8)
+    assert len({tuple(ids) for _, _, ids in whole}) == 6  # the samples differ
+    assert texts(prompts, 1) == texts(prompts, 4) == whole
+    assert texts(prompts[:1], 3) == whole[:2]  # the first prompt's samples, without the others
+    assert texts(prompts, 8, seed=6) != whole
 
 
 def test_repetition_penalty_follows_ctrl() -> None:
@@ -473,10 +525,33 @@ def test_a_kogpt2_like_checkpoint_fine_tunes_with_gpt1_input_transformations(tmp
     assert_gpt_tagging_layout(FinetuneRun(run_settings("tagging", "tags.conll", "tag")))
 
 
-def test_generate_runs_under_bf16_autocast(gpt_dir: Path, capsys) -> None:
-    assert main(["generate", "--model", str(gpt_dir), "--precision", "bf16", "--max-new-tokens", "3", "--json", "A stitch"]) == 0
-    record = json.loads(capsys.readouterr().out)
-    assert record["new_tokens"] == 3 or record["finish"] == "eos"
+def test_generate_under_bf16_autocast_stays_within_bf16_rounding_of_fp32(gpt_dir: Path, capsys) -> None:
+    """--precision bf16 really computes in bf16 (bf16 logits, not equal to fp32's), within bf16's
+    rounding of the fp32 logits at every step, and the command's greedy text is fp32's (every
+    step's top-two margin is wider than twice that rounding, so the comparison is fair)."""
+    from pretune.loader import load_ready
+
+    ready = load_ready(gpt_dir, device="cpu", precision="bf16")
+    model, tok = ready.model, ready.tokenizer
+    prompt = tok.encode("A stitch in time")
+    new = generate_ids(model, [prompt], SamplingSettings(max_new_tokens=6), eos_id=None, n_tokens=tok.vocab_size)[0][0]
+    for k in range(len(new)):
+        ids = torch.tensor([prompt + new[:k]])
+        with torch.no_grad():
+            exact = model.next_token_logits(ids, None, None, KVCache(model.cfg.n_layers, ids.shape[1]))[0, : tok.vocab_size]
+            with ready.autocast():
+                low = model.next_token_logits(ids, None, None, KVCache(model.cfg.n_layers, ids.shape[1]))[0, : tok.vocab_size]
+        assert low.dtype == torch.bfloat16
+        error = (low.float() - exact).abs().max().item()
+        top2 = exact.topk(2).values
+        assert 0 < error <= 0.02 * exact.abs().max().item() and (top2[0] - top2[1]).item() > 2 * error
+        assert low.argmax().item() == exact.argmax().item() == new[k]
+    runs = {}
+    for precision in ("fp32", "bf16"):
+        assert main(["generate", "--model", str(gpt_dir), "--precision", precision, "--max-new-tokens", "6", "--json",
+                     "A stitch in time"]) == 0
+        runs[precision] = json.loads(capsys.readouterr().out)
+    assert runs["bf16"]["text"] == runs["fp32"]["text"] == tok.decode(new) and runs["bf16"]["new_tokens"] == 6
 
 
 def test_compare_generate_harness_agrees_with_transformers_on_a_micro_case(capsys) -> None:

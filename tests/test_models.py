@@ -6,7 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import Tensor
 
+from pretune import tuning
 from pretune.config import preset
 from pretune.models import build_model, core
 from pretune.models.core import _attention_with_dropout, attention_mask
@@ -206,9 +208,36 @@ def test_training_forward_uses_the_cpu_path_and_matches_sdpa_in_eval(monkeypatch
     model.train()
     model(ids)
     assert len(calls) == cfg.n_layers
-    monkeypatch.setattr(core, "CPU_DROPOUT_ATTENTION", False)
+    monkeypatch.setattr(tuning, "CPU_DROPOUT_ATTENTION", False)
     model(ids)
     assert len(calls) == cfg.n_layers  # SDPA this time
+
+
+def test_tuning_switches_change_speed_not_results(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The model code reads its speed choices from ``pretune.tuning`` when it runs: the output layer
+    + loss in chunks of 3 rows and decoding through F.linear give what the defaults give."""
+    from pretune.models.core import KVCache
+
+    torch.manual_seed(0)
+    model = build_model(preset("gpt-tiny", vocab_size=50, hidden=32, n_heads=2, n_layers=1, max_positions=16)).eval()
+    ids = torch.randint(0, 50, (2, 7))
+    hidden = torch.randn(10, 32, requires_grad=True)
+    targets = torch.randint(0, 50, (10,))
+
+    def run() -> tuple[Tensor, Tensor, Tensor]:
+        hidden.grad = None
+        total, _, _ = linear_cross_entropy(hidden, model.decoder_weight, targets)
+        total.backward()
+        with torch.no_grad():
+            logits = model.next_token_logits(ids, None, None, KVCache(1, 7))
+        return total.detach(), hidden.grad.clone(), logits
+
+    default = run()
+    monkeypatch.setattr(tuning, "CE_CHUNK_ELEMENTS", {"cpu": 3 * 50})  # 4 chunks instead of 1
+    monkeypatch.setattr(tuning, "DECODE_WEIGHT_FIRST", False)
+    switched = run()
+    for a, b in zip(default, switched):
+        assert torch.allclose(a, b, atol=1e-5)
 
 
 def test_fused_cross_entropy_row_weights_equal_the_dense_weighted_sum() -> None:
@@ -230,6 +259,49 @@ def test_fused_cross_entropy_row_weights_equal_the_dense_weighted_sum() -> None:
     assert torch.allclose(total, dense, atol=1e-5) and int(count) == 11
     for g, t in zip(got, (hidden, weight, bias)):
         assert torch.allclose(g, t.grad, atol=1e-5)
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_new_tokens_on_padding_rows_are_initialised_like_new_rows(tied: bool) -> None:
+    """A table padded past its tokenizer (56 rows, 50 tokens): GPT-1's tokens get ids 50-52, rows
+    the table already has. They are drawn afresh like rows past the table (pretraining never gave
+    them meaning), the tokenizer's rows are kept, and the rows no id reaches are cut."""
+    from pretune.train.surgery import resize_vocab
+
+    torch.manual_seed(0)
+    model = build_model(preset("gpt-tiny", vocab_size=56, hidden=32, n_heads=2, n_layers=1, max_positions=16,
+                               tie_embeddings=tied))
+    with torch.no_grad():
+        model.body.embeddings.tok.weight[50:] = 7.0  # what padding rows may hold after pretraining
+        model.decoder_weight[50:] = 7.0
+    old = model.body.embeddings.tok.weight.detach().clone()
+    assert resize_vocab(model, 53, new_from=50) == range(50, 53)
+    emb = model.body.embeddings.tok.weight.detach()
+    assert emb.shape == (53, 32) and torch.equal(emb[:50], old[:50])
+    for table in (emb, model.decoder_weight.detach()):
+        assert (table[50:] != 7.0).all() and table[50:].std() == pytest.approx(0.02, rel=0.3)
+    assert resize_vocab(model, 53, new_from=53) == range(53, 53)  # nothing new: nothing drawn
+    assert torch.equal(model.body.embeddings.tok.weight.detach(), emb)
+
+
+def test_transfer_layers_reinitialises_gpt2_blocks_as_gpt2_does() -> None:
+    """GPT-2's residual projections start at std / sqrt(2 L): blocks re-initialised by
+    --transfer-layers too, through the model's own initialisation."""
+    from pretune.train.surgery import transfer_layers
+
+    torch.manual_seed(0)
+    cfg = preset("gpt2", vocab_size=50, hidden=64, n_heads=2, n_layers=8, max_positions=16)
+    model = build_model(cfg)
+    with torch.no_grad():
+        for p in model.body.blocks.parameters():
+            p.fill_(3.0)  # "pretrained"
+    assert transfer_layers(model, 6) == 2
+    std = cfg.initializer_range
+    for block in model.body.blocks[6:]:
+        assert block.attn.proj.weight.std().item() == pytest.approx(std / 4, rel=0.1)  # 1/sqrt(2 * 8)
+        assert block.mlp.fc2.weight.std().item() == pytest.approx(std / 4, rel=0.1)
+        assert block.attn.qkv.weight.std().item() == pytest.approx(std, rel=0.1)
+    assert (model.body.blocks[5].attn.proj.weight == 3.0).all()
 
 
 @pytest.mark.parametrize("family", ["bert", "gpt"])

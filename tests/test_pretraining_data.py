@@ -6,6 +6,7 @@ import gzip
 import itertools
 import random
 import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -521,18 +522,24 @@ def test_gpt_windows_are_contiguous_with_eos_between_documents(shakespeare_file:
     assert gpt_corpus.sentences("train").size == gpt_corpus.num_documents("train") + 1  # one text per document
     t, b = 64, 8
     stream = GPTPretrainingStream(gpt_corpus, "train", seq_len=t, batch_size=b, seed=0)
-    n = stream.n_windows
-    assert n == len(want) // t
-    seen = []
+    n, step = stream.n_windows, t - 1  # windows overlap by one token
+    assert n == (len(want) - 1) // step
+    starts = np.lib.stride_tricks.sliding_window_view(toks, t)[::step][:n]
+    seen, targets = [], Counter()
     for _ in range(-(-n // b)):
         batch = next(stream)
         assert set(batch) == {"input_ids", "labels"} and torch.equal(batch["input_ids"], batch["labels"])
         for row in batch["input_ids"].numpy():
-            w = int(np.flatnonzero(np.all(np.lib.stride_tricks.sliding_window_view(toks[: n * t], t)[::t] == row, axis=1))[0])
+            w = int(np.flatnonzero(np.all(starts == row, axis=1))[0])
             seen.append(w)
+            if len(seen) <= n:
+                targets.update(range(w * step + 1, w * step + t))  # the model predicts positions 1..t-1
     assert sorted(seen[:n]) == list(range(n))  # every window once per epoch
     assert seen[: n // 2] != sorted(seen[: n // 2])  # in shuffled order
+    # every token but the stream's first is a target exactly once an epoch (up to the dropped tail)
+    assert targets == Counter(range(1, n * step + 1)) and len(want) - 1 - n * step < step
     assert (toks == bpe.eos_id).sum() == gpt_corpus.num_documents("train")
+    assert stream.state_dict()["windows"] == "overlap-1"
 
 
 def test_gpt_stream_resume_and_ranks(gpt_corpus: PreparedCorpus) -> None:
@@ -561,9 +568,12 @@ def test_eval_batches_are_fixed(bert_corpus: PreparedCorpus, wordpiece: Tokenize
     assert same_batches(BertPretrainingStream.eval_batches(bert_corpus, wordpiece, cfg, 16, 2), a[:2])
     g = list(iter_eval_batches(gpt_corpus, "val", batch_size=4, seq_len=32))
     assert same_batches(GPTPretrainingStream.eval_batches(gpt_corpus, 32, 4), g)
-    n = gpt_corpus.num_tokens("val") // 32
-    assert sum(x["input_ids"].shape[0] for x in g) == n
-    assert g[0]["input_ids"][0].tolist() == gpt_corpus.tokens("val")[:32].tolist()
+    val = gpt_corpus.tokens("val")
+    n = (val.size - 1) // 31  # the training windows' layout: 32 tokens, one of overlap
+    rows = torch.cat([x["input_ids"] for x in g])
+    assert rows.shape == (n, 32)
+    assert rows[:, 1:].flatten().tolist() == val[1 : n * 31 + 1].tolist()  # every token after the first predicted once
+    assert rows[0].tolist() == val[:32].tolist() and rows[1, 0] == rows[0, -1]
 
 
 def test_too_small_corpus_and_wrong_inputs(tmp_path: Path, wordpiece: Tokenizer, bert_corpus: PreparedCorpus, gpt_corpus: PreparedCorpus) -> None:

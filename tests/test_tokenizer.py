@@ -396,3 +396,21 @@ def test_roles_come_from_the_config_then_names_then_the_caller(nsmc_lines, tmp_p
         Tokenizer.load(tmp_path / "bare", roles={"sentinel": "<s>"})
     with pytest.raises(PretuneError, match=r"no start token .*--token-role start=TOKEN"):
         _ = bare.start_id
+
+
+def test_every_batch_pads_with_the_one_padding_rule(shakespeare_slice: Path) -> None:
+    """The pad token, else the end-of-text token, else 0: fine-tuning's and evaluation's collator
+    pads with the same id as generation, scoring and fill-mask (the collator used 0, an ordinary
+    token of this vocabulary, where the others used the end-of-text token)."""
+    from types import SimpleNamespace
+
+    from pretune.inference import collator
+
+    backend = tokenizers.Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.train([str(shakespeare_slice)], trainers.BpeTrainer(vocab_size=300, special_tokens=["<s>", "</s>"], show_progress=False,
+                                                                initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tok = Tokenizer(backend)
+    assert not tok.has_role("pad") and tok.padding_id == tok.eos_id == 1
+    batch = collator(SimpleNamespace(gpt=True), tok)([{"input_ids": [5, 6, 7], "label": 0}, {"input_ids": [5], "label": 1}])
+    assert batch["input_ids"][1].tolist() == [5, 1, 1]

@@ -20,11 +20,12 @@ import pytest
 import torch
 
 from pretune.config import preset
+from pretune.data.settings import MaskingSettings
 from pretune.errors import PretuneError
 from pretune.io import write_json
 from pretune.models import build_model
 from pretune.train.rundir import check_resume, may_change, saved_settings
-from pretune.train.settings import Columns, FinetuneSettings, MaskingSettings, PretrainSettings, TrainSettings
+from pretune.train.settings import Columns, FinetuneSettings, PretrainSettings, TrainSettings
 from pretune.train.trainer import TrainConfig, Trainer, checkpoint_dirs, lr_factor, param_groups
 
 REPO = Path(__file__).resolve().parents[1]
@@ -141,12 +142,51 @@ def test_parameter_groups_decay_and_discriminative_learning_rates() -> None:
     assert by_name["head.weight"] == (1e-3, 0.01) and by_name["head.bias"] == (1e-3, 0.0)
     assert by_name["body.blocks.0.attn.qkv.weight"] == (1e-4, 0.01)
     assert by_name["body.blocks.0.norm1.weight"][1] == 0.0
-    assert by_name["body.embeddings.pos.weight"][1] == 0.0
+    assert by_name["body.embeddings.pos.weight"][1] == 0.01  # a matrix: GPT-1 decays it
     assert by_name["body.embeddings.tok.weight"][1] == 0.01
     decayed = {n: g["lr"] for g in param_groups(model, 1e-4, 0.01, layer_decay=0.5) for n in g["names"]}
     assert decayed["body.blocks.1.mlp.fc1.weight"] == pytest.approx(1e-4 * 0.5)  # top block: one step down
     assert decayed["body.blocks.0.mlp.fc1.weight"] == pytest.approx(1e-4 * 0.25)
     assert decayed["body.embeddings.tok.weight"] == pytest.approx(1e-4 * 0.125)
+
+
+@pytest.mark.parametrize("family", ["bert", "electra", "gpt"])
+def test_weight_decay_and_epsilon_follow_each_familys_reference_implementation(family: str) -> None:
+    """BERT and ELECTRA (google-research): every parameter but biases and LayerNorm's is decayed,
+    position and segment embeddings included, and Adam's epsilon is 1e-6. GPT (openai's
+    finetune-transformer-lm, and the GPT-2 family as nanoGPT and the transformers Trainer train
+    it): every parameter of rank 2 is decayed, vectors are not, epsilon 1e-8. The trainer's
+    optimizer takes both from the groups."""
+    torch.manual_seed(0)
+    model = build_model(preset(f"{family}-tiny", vocab_size=50, hidden=32, n_heads=2, n_layers=2, max_positions=16,
+                               **({"embedding_size": 16} if family == "electra" else {})))
+    groups = param_groups(model, 1e-4, 0.01)
+    decay = {n: g["weight_decay"] for g in groups for n in g["names"]}
+    assert set(decay) == {n for n, _ in model.named_parameters()}
+    layernorm = {f"{m}.{p}" for m, mod in model.named_modules() if isinstance(mod, torch.nn.LayerNorm) for p in ("weight", "bias")}
+    for name, p in model.named_parameters():
+        expected = 0.0 if (name.endswith(".bias") or name in layernorm or p.dim() < 2) else 0.01
+        assert decay[name] == expected, name
+    assert decay["body.embeddings.pos.weight"] == decay["body.embeddings.tok.weight"] == 0.01
+    if family != "gpt":
+        assert decay["body.embeddings.seg.weight"] == 0.01
+    if family == "electra":
+        assert decay["body.embeddings_project.weight"] == 0.01 and decay["body.embeddings_project.bias"] == 0.0
+    eps = 1e-8 if family == "gpt" else 1e-6
+    trainer = Trainer(model, TrainConfig.make(Path("unused"), 1, progress=False, device="cpu"), Counting())
+    assert {g["eps"] for g in trainer.optimizer.param_groups} == {eps}
+
+
+def test_logged_lr_is_the_peak_rate_under_layer_decay(tmp_path: Path) -> None:
+    """--layer-decay gives the embeddings (the first group) lr x decay^(L+1): the log shows the
+    schedule's factor times --lr, not that group's rate."""
+    model = _model()
+    groups = param_groups(model, 1e-3, 0.01, layer_decay=0.5)
+    assert groups[0]["lr"] == pytest.approx(1e-3 * 0.5**3)
+    cfg = _cfg(tmp_path, lr=1e-3, warmup_steps=4, max_steps=8, schedule="linear")
+    Trainer(model, cfg, Counting(), groups=groups).fit()
+    # the record at step k shows the rate of the next step (the scheduler has stepped)
+    assert [lr for _, lr in _lrs(tmp_path)] == pytest.approx([1e-3 * lr_factor(k, cfg) for k in range(1, 9)])
 
 
 def test_schedules_warm_up_then_decay_to_zero() -> None:

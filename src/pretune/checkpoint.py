@@ -184,9 +184,9 @@ def export_hf(model: nn.Module, out_dir: str | Path, tokenizer: Any | None = Non
     task = task if task is not None else getattr(model, "spec", None)
     token_ids = tokenizer.hf_token_ids() if tokenizer is not None else None
     if task is not None and not body_only:
-        from pretune.tasks.huggingface import export_head  # a fine-tuned model's task (a lazy import upward)
+        from pretune.tasks.huggingface import export_head  # a fine-tuned model's task head
 
-        pad_id = tokenizer.pad_id if tokenizer is not None and tokenizer.has_role("pad") else 0  # the collator's
+        pad_id = tokenizer.padding_id if tokenizer is not None else 0  # the collator's (the one padding rule)
         row, head_state, keys = export_head(cfg, task, state, pad_id=pad_id, source=source)
         body = {k: v for k, v in state.items() if k.startswith(("body.", *row.keeps))}
         hf_state = {**hf.to_hf_state_dict(body, cfg), **head_state}

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from pretune.errors import PretuneError
+from pretune.loader import load_ready
 
 
 @dataclass
@@ -61,48 +62,58 @@ def word_vector(item: Embedded, word: str) -> torch.Tensor:
 
 @torch.no_grad()
 def embed(model: nn.Module, tokenizer: Any, texts: list[str], *, layer: int = -1, pool: str | None = None,
-          truncate: bool = False) -> list[Embedded]:
+          truncate: bool = False, batch_size: int = 32) -> list[Embedded]:
     """Hidden states of ``layer`` (0 = embeddings, N = block N, -1 = last) for each text.
 
-    ``pool='cls'`` keeps the first token's vector, ``pool='mean'`` averages over all tokens
-    (special tokens included, as sentence-transformers does); None keeps every token.
+    ``pool='cls'`` keeps the first token's vector (an encoder's ``[CLS]``; refused for a GPT, whose
+    first token has seen only itself), ``pool='mean'`` averages over all tokens (special tokens
+    included, as sentence-transformers does); None keeps every token. Texts run ``batch_size`` at
+    a time, right-padded with the padding masked: each text's vectors are those it gets alone.
     """
     if pool not in (None, "mean", "cls"):
         raise PretuneError(f"--pool must be mean or cls, got {pool!r}")
+    if pool == "cls" and not model.cfg.encoder:
+        raise PretuneError("--pool cls: a GPT has no [CLS] token and its first token has seen only itself; "
+                           "use --pool mean (or --word)")
+    if batch_size < 1:
+        raise PretuneError(f"--batch-size must be at least 1, got {batch_size}")
     n_layers = model.cfg.n_layers
     if not -n_layers - 1 <= layer <= n_layers:
         raise PretuneError(f"--layer must be in 0..{n_layers} (or negative from the top), got {layer}")
     model.eval()
     device = next(model.parameters()).device
+    encoded = [encode_for_model(model, tokenizer, text, truncate) for text in texts]
     out = []
-    for text in texts:
-        ids, offsets = encode_for_model(model, tokenizer, text, truncate)
-        _, states = model.body(torch.tensor([ids], device=device), output_hidden_states=True)
-        vectors = states[layer][0].float().cpu()
-        if pool == "mean":
-            vectors = vectors.mean(0)
-        elif pool == "cls":
-            vectors = vectors[0]
-        out.append(Embedded(text, [t or "" for t in tokenizer.convert_ids_to_tokens(ids)], vectors, offsets))
+    for start in range(0, len(texts), batch_size):
+        chunk = encoded[start : start + batch_size]
+        width = max(len(ids) for ids, _ in chunk)
+        ids = torch.full((len(chunk), width), tokenizer.padding_id, dtype=torch.long)
+        mask = torch.zeros(len(chunk), width, dtype=torch.long)
+        for row, (tokens, _) in enumerate(chunk):
+            ids[row, : len(tokens)] = torch.tensor(tokens)
+            mask[row, : len(tokens)] = 1
+        _, states = model.body(ids.to(device), padding_mask=mask.to(device), output_hidden_states=True)
+        hidden = states[layer].float().cpu()
+        for row, (tokens, offsets) in enumerate(chunk):
+            vectors = hidden[row, : len(tokens)]
+            if pool == "mean":
+                vectors = vectors.mean(0)
+            elif pool == "cls":
+                vectors = vectors[0]
+            text = texts[start + row]
+            out.append(Embedded(text, [t or "" for t in tokenizer.convert_ids_to_tokens(tokens)], vectors, offsets))
     return out
 
 
 def embed_texts(model_dir: str, texts: list[str], *, layer: int = -1, pool: str | None = None, word: str | None = None,
-                truncate: bool = False, device: str = "auto", precision: str = "auto") -> Iterator[dict[str, Any]]:
+                truncate: bool = False, device: str = "auto", precision: str = "auto",
+                batch_size: int = 32) -> Iterator[dict[str, Any]]:
     """``pretune embed``: one record per text, with its tokens and the vectors asked for (``array``)."""
-    from pretune.checkpoint import load_model
-    from pretune.precision import autocast, resolve_precision
-    from pretune.train.distributed import resolve_device
-
     if word is not None and pool is not None:
         raise PretuneError("--word and --pool are two different vectors; give one of them")
-    loaded = load_model(model_dir)
-    if loaded.tokenizer is None:
-        raise PretuneError(f"--model {model_dir}: no tokenizer files (tokenizer.json, vocab.txt or vocab.json)")
-    dev = resolve_device(device)
-    model = loaded.model.to(dev)
-    with autocast(dev, resolve_precision(precision, dev)):
-        items = embed(model, loaded.tokenizer, texts, layer=layer, pool=pool, truncate=truncate)
+    ready = load_ready(model_dir, device=device, precision=precision, verb="embed")
+    with ready.autocast():
+        items = embed(ready.model, ready.tokenizer, texts, layer=layer, pool=pool, truncate=truncate, batch_size=batch_size)
     for item in items:
         record: dict[str, Any] = {"text": item.text, "tokens": item.tokens}
         if word is not None:

@@ -18,11 +18,11 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from pretune.checkpoint import load_model
 from pretune.data.batching import Collator, feature_length
 from pretune.errors import PretuneError
 from pretune.io import write_text
-from pretune.precision import autocast, resolve_precision
+from pretune.loader import load_ready
+from pretune.precision import autocast
 from pretune.tasks import Predictions, Recipe, TaskModel, TaskSpec, get_family, get_recipe, read_examples
 
 TARGET_KEYS = ("labels", "start_positions", "end_positions")
@@ -43,36 +43,21 @@ class Finetuned:
 
 
 def collator(model: TaskModel, tokenizer: Any) -> Collator:
-    pad = tokenizer.pad_id if tokenizer.has_role("pad") else 0
-    return Collator(pad, extract=model.gpt)
+    return Collator(tokenizer.padding_id, extract=model.gpt)
 
 
-def load_finetuned(model_dir: str | Path, device: str = "auto", precision: str = "auto", **changes: Any) -> Finetuned:
+def load_finetuned(model_dir: str | Path, device: str = "auto", precision: str = "auto", *, verb: str = "evaluate",
+                   **changes: Any) -> Finetuned:
     """A fine-tuned model directory -> model on the device, tokenizer and task (``changes`` to it)."""
-    from pretune.train.distributed import resolve_device
-
-    loaded = load_model(model_dir)
-    if loaded.task is None and loaded.source == "huggingface":
-        raise PretuneError(
-            f"--model {model_dir}: holds no task head pretune can run (a Hugging Face directory needs a fine-tuned "
-            f"class such as BertForSequenceClassification; see docs/finetuning.md)"
-        )
-    if loaded.task is None:
-        raise PretuneError(
-            f"--model {model_dir}: not a fine-tuned model (its config.json has no task); fine-tune it first "
-            f"with `pretune finetune`"
-        )
-    if loaded.tokenizer is None:
-        raise PretuneError(f"--model {model_dir}: has no tokenizer files")
-    spec = loaded.task.replace(**changes)
-    if spec.max_seq_len > loaded.config.max_positions:
-        raise PretuneError(f"--max-seq-len {spec.max_seq_len} is more than the model's max_positions ({loaded.config.max_positions})")
+    ready = load_ready(model_dir, task=True, device=device, precision=precision, verb=verb)
+    spec = ready.task.replace(**changes)
+    if spec.max_seq_len > ready.config.max_positions:
+        raise PretuneError(f"--max-seq-len {spec.max_seq_len} is more than the model's max_positions ({ready.config.max_positions})")
     if spec.max_seq_len < 1:
         raise PretuneError(f"--max-seq-len must be at least 1, got {spec.max_seq_len}")
-    model = TaskModel(loaded.model, spec, get_family(spec.family))
-    model.head.load_state_dict({k[len("head."):]: v for k, v in loaded.head.items()})
-    dev = resolve_device(device)
-    return Finetuned(model.to(dev).eval(), loaded.tokenizer, spec, resolve_precision(precision, dev))
+    model = TaskModel(ready.model, spec, get_family(spec.family))
+    model.head.load_state_dict({k[len("head."):]: v for k, v in ready.head.items()})
+    return Finetuned(model.to(ready.device).eval(), ready.tokenizer, spec, ready.precision)
 
 
 def _eval_batches(features: Sequence[dict], batch_size: int) -> list[list[int]]:
@@ -161,7 +146,7 @@ def predict(model_dir: str | Path, data: str | Path, out: str | Path, *, task_na
     (multiple choice); ``id``, ``answer``, ``start`` and ``score`` (QA); ``tokens`` and ``tags``
     (tagging).
     """
-    ft = load_finetuned(model_dir, device, precision, max_seq_len=max_seq_len)
+    ft = load_finetuned(model_dir, device, precision, verb="predict", max_seq_len=max_seq_len)
     recipe = recipe_for(ft.spec, task_name, columns)
     examples = read_examples(recipe, data, limit=limit, unlabeled_ok=True)
     preds = predict_examples(ft, examples, batch_size=batch_size, no_truncate=no_truncate, progress=progress,

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -279,8 +280,20 @@ def read_text_file(path: str | Path, *, flag: str | None = None, encoding: str =
                            "(e.g. iconv -f cp949 -t utf-8)") from None
 
 
+def read_texts(given: list[str] | None) -> list[str]:
+    """The texts of the command line, else the non-empty lines of a piped stdin."""
+    if given:
+        return list(given)
+    if sys.stdin is None or sys.stdin.isatty():
+        raise PretuneError("no text: give texts as arguments, or pipe them on stdin (one per line)")
+    texts = [line.rstrip("\n") for line in sys.stdin if line.strip()]
+    if not texts:
+        raise PretuneError("no text on stdin: every line was empty")
+    return texts
+
+
 __all__ = [
-    "check_out", "check_out_file", "check_out_place", "made_dirs", "read_text_file",
+    "check_out", "check_out_file", "check_out_place", "made_dirs", "read_text_file", "read_texts",
     "atomic_dir", "atomic_path", "dir_mode", "file_mode", "fsync_path", "fsync_tree", "swap_dir",
     "umask_modes", "write_json", "write_text",
 ]

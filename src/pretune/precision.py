@@ -17,7 +17,7 @@ torch's bf16 GEMMs ran at 1-20 GFLOP/s against 50-160 in fp32, docs/benchmarks.m
   runs whose results must not depend on the CPU they land on (the test suite sets it).
 
 Call :func:`resolve_precision` after ``torch.set_num_threads``: the probe and its cache entry
-are for the thread count in force.
+are for the thread count in force. :func:`resolve_device` says what ``--device`` means here.
 """
 
 from __future__ import annotations
@@ -291,6 +291,19 @@ def resolve_precision(
     if device.type == "cpu":
         return "bf16" if cpu_prefers_bf16(features, probe) else "fp32"
     return "fp32"
+
+
+def resolve_device(name: str, local_rank: int | None = None) -> torch.device:
+    """The device ``--device`` names in this process: ``auto`` is a GPU where there is one (under
+    ``torchrun``, ``local_rank``'s), else the CPU; ``cuda`` under ``torchrun`` is ``local_rank``'s GPU.
+    A CUDA device on a machine without CUDA is a one-line error."""
+    if name == "auto":
+        return torch.device(f"cuda:{local_rank or 0}" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise PretuneError(f"--device {name}: CUDA is not available on this machine; use --device cpu")
+    if name == "cuda" and local_rank is not None:
+        return torch.device(f"cuda:{local_rank}")
+    return torch.device(name)
 
 
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:

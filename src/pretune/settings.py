@@ -6,6 +6,9 @@ generated from those fields, so a setting has one name, one default and one help
 whose type is itself a settings dataclass is nested (``PretrainSettings.train``): its flags are
 those of the nested class, with the defaults the outer class gives it. Precedence: the field's
 default, then the config file, then the command line.
+
+:class:`Runtime` (``--device``, ``--precision``, ``--no-progress``) is declared here, below every
+layer whose commands run a model.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import argparse
 import dataclasses
 import functools
 import json
+import re
 import types
 import typing
 from collections.abc import Callable, Iterator
@@ -358,5 +362,27 @@ def to_dict(settings: Any) -> dict[str, Any]:
     return json.loads(json.dumps(dataclasses.asdict(settings), default=str))
 
 
-__all__ = ["Check", "Option", "add_command", "add_options", "at_least", "between", "build", "check_ranges", "nested", "options",
-           "positive", "read_config_file", "require", "setting", "settings_from", "to_dict", "values_from"]
+# --- where a model runs: the settings of every command that runs one ----------------------------
+
+Precision = Literal["auto", "fp32", "bf16"]
+
+
+def device_name(value: str) -> str | None:
+    """A ``--device`` value torch knows (a check for :func:`setting`)."""
+    return None if re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", value) else "must be auto, cpu, cuda or cuda:N"
+
+
+@dataclasses.dataclass
+class Runtime:
+    """Where and how a model runs."""
+
+    device: str = setting("auto", check=device_name, help="auto, cpu, cuda or cuda:N")
+    precision: Precision = setting(
+        "auto", help="auto: bf16 autocast where this machine computes it faster (CUDA; a CPU with AMX or "
+        "AVX512-BF16 that measures faster), else fp32")
+    progress: bool = setting(True, negate=True, help="no progress bars")
+
+
+__all__ = ["Check", "Option", "Precision", "Runtime", "add_command", "add_options", "at_least", "between", "build", "check_ranges",
+           "device_name", "nested", "options", "positive", "read_config_file", "require", "setting", "settings_from", "to_dict",
+           "values_from"]

@@ -201,6 +201,15 @@ class Tokenizer:
             ids.setdefault("bos_token_id", ids["eos_token_id"])
         return ids
 
+    @property
+    def padding_id(self) -> int:
+        """The id every batch pads with: the pad token, else the end-of-text token, else 0. Padding
+        is always masked, so only its being a real id matters (the one rule of every collator)."""
+        for role in ("pad", "eos"):
+            if self.has_role(role):
+                return self.role_id(role)
+        return 0
+
     pad_id = _role_property("pad")
     unk_id = _role_property("unk")
     cls_id = _role_property("cls")

@@ -16,10 +16,10 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from pretune.checkpoint import ModelSource, model_config, model_source, tokenizer_path
+from pretune.checkpoint import MODEL_FILES, ModelSource, model_config, model_source, tokenizer_path
 from pretune.config import ModelConfig, objective_for
 from pretune.errors import PretuneError
-from pretune.io import check_out_place
+from pretune.io import check_out_file, check_out_place
 from pretune.settings import check_ranges
 
 FP32 = 4  # bytes
@@ -160,6 +160,17 @@ def _model_and_out(s: Any, files: list[Path]) -> tuple[ModelSource, ModelConfig]
     return source, model_config(s.model, s.overrides)
 
 
+def check_outputs(s: Any, out: str | Path | None) -> None:
+    """A verb that reads ``s.data`` with ``s.model`` and may write ``out``: --data exists, and a
+    given ``out`` file follows the one rule (:func:`pretune.io.check_out_file`): never --data or one
+    of the model directory's own files, and an existing file only with ``s.overwrite``."""
+    data = data_inputs(s.data, "--data")
+    source = model_source(s.model)
+    if out is not None:
+        model_files = [source.path / name for name in sorted(MODEL_FILES)] if source.path is not None else []
+        check_out_file(out, inputs=(*data, *model_files), overwrite=s.overwrite)
+
+
 def pretrain_settings(s: Any) -> None:
     """``pretune pretrain``: ranges, files, --out, the model, lengths and memory, before any work."""
     check_ranges(s)
@@ -187,6 +198,6 @@ def finetune_settings(s: Any) -> None:
 
 
 __all__ = [
-    "available_bytes", "check_length", "check_memory", "data_inputs", "existing_dir", "existing_file", "finetune_settings",
+    "available_bytes", "check_length", "check_memory", "check_outputs", "data_inputs", "existing_dir", "existing_file", "finetune_settings",
     "parameter_count", "pretrain_settings", "training_bytes",
 ]

@@ -19,34 +19,17 @@ def register(sub: argparse._SubParsersAction) -> None:
                 "the model directory's record of its latest evaluation on that file, which each evaluation replaces.")
 
 
-TOKENIZER_EXTRAS = ("merges.txt", "tokenizer_config.json", "special_tokens_map.json")  # beside TOKENIZER_FILES
-
-
-def check_outputs(s: EvaluateSettings, out: str | Path | None) -> None:
-    """Before any work: --data exists, and a given --out file follows the one rule
-    (:func:`pretune.io.check_out_file`): never --data or one of the model directory's own files,
-    and an existing file only with --overwrite."""
-    from pretune.checkpoint import CONFIG_FILE, TOKENIZER_FILES, WEIGHTS_FILE, model_source
-    from pretune.io import check_out_file
-    from pretune.validate import data_inputs
-
-    data = data_inputs(s.data, "--data")
-    source = model_source(s.model)
-    if out is None and source.hub:
-        raise PretuneError(f"--model {s.model} is read from the Hugging Face cache, which is no place for results; "
-                           f"give --out FILE")
-    if out is not None:
-        names = (CONFIG_FILE, WEIGHTS_FILE, *TOKENIZER_FILES, *TOKENIZER_EXTRAS)
-        model_files = [source.path / name for name in names] if source.path is not None else []
-        check_out_file(out, inputs=(*data, *model_files), overwrite=s.overwrite)
-
-
 def run(s: EvaluateSettings) -> int:
+    from pretune.checkpoint import model_source
     from pretune.inference import evaluate
     from pretune.io import write_json
+    from pretune.validate import check_outputs
 
     require(s, "model", "data")
     check_outputs(s, s.out)
+    if not s.out and model_source(s.model).hub:
+        raise PretuneError(f"--model {s.model} is read from the Hugging Face cache, which is no place for results; "
+                           f"give --out FILE")
     metrics = evaluate(
         s.model, s.data, task_name=s.task, columns=s.columns.overrides(), batch_size=s.batch_size, limit=s.limit,
         max_seq_len=s.max_seq_len, no_truncate=s.no_truncate, device=s.device, precision=s.precision,

@@ -24,13 +24,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(s: FillMaskSettings) -> int:
-    from pretune.commands.embed import read_texts
-    from pretune.lm.common import load_trained
+    from pretune.io import read_texts
     from pretune.lm.fill_mask import fill_mask
+    from pretune.loader import load_ready
 
     require(s, "model")
     texts = read_texts(s.texts)
-    ready = load_trained(s.model, "bert", roles=s.token_roles, device=s.device, precision=s.precision, verb="fill-mask")
+    ready = load_ready(s.model, family="bert", lm_output=True, roles=s.token_roles, device=s.device, precision=s.precision,
+                       verb="fill-mask")
     with ready.autocast():
         fills = fill_mask(ready.model, ready.tokenizer, texts, top_k=s.top_k, batch_size=s.batch_size)
     for fill in fills:

@@ -31,7 +31,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def read_prompts(s: GenerateSettings) -> list[str]:
     """The prompts of the command line, of --prompts FILE, or the lines of a piped stdin."""
-    from pretune.commands.embed import read_texts
+    from pretune.io import read_texts
 
     if s.prompt and s.prompts_file:
         raise PretuneError("give prompts as arguments or with --prompts FILE, not both")
@@ -47,13 +47,14 @@ def read_prompts(s: GenerateSettings) -> list[str]:
 
 
 def run(s: GenerateSettings) -> int:
-    from pretune.lm.common import load_trained
     from pretune.lm.generate import generate
+    from pretune.loader import load_ready
 
     require(s, "model")
     prompts = read_prompts(s)
     s.sampling.check()
-    ready = load_trained(s.model, "gpt", roles=s.token_roles, device=s.device, precision=s.precision, verb="generate")
+    ready = load_ready(s.model, family="gpt", lm_output=True, roles=s.token_roles, device=s.device, precision=s.precision,
+                       verb="generate")
     stream = len(prompts) == 1 and s.sampling.num_samples == 1 and not s.as_json
     if stream:
         print(prompts[0], end="", flush=True)

@@ -31,16 +31,17 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(s: PerplexitySettings) -> int:
-    from pretune.commands.evaluate import check_outputs
     from pretune.io import read_text_file, write_json
-    from pretune.lm.common import load_trained
     from pretune.lm.score import NothingToScore, score_text
+    from pretune.loader import load_ready
+    from pretune.validate import check_outputs
 
     require(s, "model", "data")
     check_outputs(s, s.out)  # --data exists; --out is not an input, replaced only with --overwrite
     path = Path(s.data)
     text = read_text_file(path, flag="--data")
-    ready = load_trained(s.model, None, roles=s.token_roles, device=s.device, precision=s.precision, verb="perplexity")
+    ready = load_ready(s.model, lm_output=True, roles=s.token_roles, device=s.device, precision=s.precision,
+                       verb="perplexity")
     try:
         scores = score_text(ready, text, window=s.window, stride=s.stride, batch_size=s.batch_size, progress=s.progress)
     except NothingToScore as exc:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 
-from pretune.commands.evaluate import check_outputs
 from pretune.settings import add_command, require
 from pretune.train.settings import EvaluateSettings
 
@@ -18,6 +17,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(s: EvaluateSettings) -> int:
     from pretune.inference import predict
+    from pretune.validate import check_outputs
 
     require(s, "model", "data", "out")
     check_outputs(s, s.out)

@@ -6,8 +6,7 @@ import argparse
 from dataclasses import dataclass
 from pathlib import Path
 
-from pretune.settings import add_command, require, setting
-from pretune.train.settings import Runtime
+from pretune.settings import Runtime, add_command, require, setting
 
 
 @dataclass
@@ -31,12 +30,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(s: SensesSettings) -> int:
-    from pretune.checkpoint import load_model
-    from pretune.errors import PretuneError
     from pretune.io import write_json
-    from pretune.precision import autocast, resolve_precision
+    from pretune.loader import load_ready
     from pretune.senses import plot_probes, probe_table, read_senses, sense_probe, sense_set, untrained_twin
-    from pretune.train.distributed import resolve_device
 
     require(s, "model", "data")
     data, s.word = sense_set(s.data, s.word)
@@ -48,14 +44,10 @@ def run(s: SensesSettings) -> int:
         source = model_source(s.model)
         check_out(s.out, inputs=(data, *([source.path] if source.path is not None else [])), overwrite=s.overwrite)
     rows = read_senses(data)
-    loaded = load_model(s.model)
-    if loaded.tokenizer is None:
-        raise PretuneError(f"--model {s.model}: no tokenizer files (tokenizer.json, vocab.txt or vocab.json)")
-    dev = resolve_device(s.device)
-    model = loaded.model.to(dev).eval()
-    models = {"model": model, **({"untrained": untrained_twin(model, s.seed)} if s.untrained else {})}
-    with autocast(dev, resolve_precision(s.precision, dev)):
-        probes = {name: sense_probe(m, loaded.tokenizer, rows, s.word) for name, m in models.items()}
+    ready = load_ready(s.model, device=s.device, precision=s.precision, verb="senses")
+    models = {"model": ready.model, **({"untrained": untrained_twin(ready.model, s.seed)} if s.untrained else {})}
+    with ready.autocast():
+        probes = {name: sense_probe(m, ready.tokenizer, rows, s.word) for name, m in models.items()}
     print(probe_table(probes))
     if s.out:
         out = Path(s.out)

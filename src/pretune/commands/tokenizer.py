@@ -68,7 +68,7 @@ def run_train(s: TrainTokenizerSettings) -> int:
 
 def run_encode(s: EncodeSettings) -> int:
     from pretune.checkpoint import tokenizer_path
-    from pretune.commands.embed import read_texts
+    from pretune.io import read_texts
     from pretune.tokenizer import Tokenizer
 
     require(s, "tokenizer")

@@ -39,9 +39,16 @@ single-process order and rank ``r`` of ``W`` yields the ``r``-th contiguous slic
 them. The union of the ranks' batches at a step is exactly the one-process batch, and the state
 dict is the same on every rank (a checkpoint saved by rank 0 resumes all of them).
 
-GPT: the split's token stream (documents separated by the end-of-text id) is cut into
-non-overlapping windows of ``seq_len`` tokens (the tail is dropped); each epoch visits the
-windows in a new order. ``input_ids`` and ``labels`` are both the window (the model shifts).
+GPT: the split's token stream (documents separated by the end-of-text id) is cut into windows
+of ``seq_len`` tokens that overlap by one: window ``w`` starts at token ``w * (seq_len - 1)``
+(the tail shorter than a step is dropped); each epoch visits the windows in a new order.
+``input_ids`` and ``labels`` are both the window and the model shifts (position t predicts t+1,
+as in Hugging Face's LM heads), so a window has ``seq_len - 1`` targets: the overlap makes the
+last token of one window the first input of the next, and every token of the stream but the very
+first is a target exactly once per epoch (back-to-back windows never predicted their first
+token). nanoGPT gets the same by taking ``seq_len + 1`` tokens and shifting them outside the
+model; here the model's input stays within ``seq_len`` (its ``max_positions``). Held-out batches
+use the same windows in order.
 """
 
 from __future__ import annotations
@@ -55,11 +62,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from pretune.data.settings import MaskingSettings
 from pretune.data.shards import PreparedCorpus, splitmix64, tokenizer_digest
 from pretune.errors import PretuneError
-from pretune.train.settings import MaskingSettings
 
 STATE_VERSION = 1
+GPT_WINDOWS = "overlap-1"  # the GPT window layout, part of a stream's identity: a checkpoint of another is refused
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 # seed-sequence tags: keep every random source independent
 _TAG_DOC_PERM, _TAG_CREATE, _TAG_UNIT_SHUFFLE, _TAG_STATIC_ORDER, _TAG_EVAL, _TAG_GPT = range(1, 7)
@@ -71,7 +79,7 @@ _TAG_DOC_PERM, _TAG_CREATE, _TAG_UNIT_SHUFFLE, _TAG_STATIC_ORDER, _TAG_EVAL, _TA
 @dataclass(kw_only=True)
 class BertInstanceConfig(MaskingSettings):
     """How BERT pretraining instances are built and masked: the user's masking settings (one
-    declaration, in :class:`pretune.train.settings.MaskingSettings`) plus the sequence length."""
+    declaration, in :class:`pretune.data.settings.MaskingSettings`) plus the sequence length."""
 
     seq_len: int
     chunk_docs: int = 1024  # documents per unit of lazy instance creation
@@ -631,7 +639,7 @@ class GPTPretrainingStream:
         self.seq_len, self.batch_size, self.seed = int(seq_len), int(batch_size), int(seed)
         self.rank, self.world_size = rank, world_size
         self.tokens = corpus.tokens(split)
-        self.n_windows = self.tokens.size // self.seq_len
+        self.n_windows = gpt_windows(self.tokens.size, self.seq_len)
         if self.n_windows < self.batch_size:
             raise PretuneError(
                 f"{corpus.path}: the {split} split has {self.tokens.size:,} tokens, {self.n_windows} windows of "
@@ -663,7 +671,7 @@ class GPTPretrainingStream:
     def __next__(self) -> dict[str, torch.Tensor]:
         windows = self.next_windows()
         b = self.local_batch_size
-        return _gpt_batch(self.tokens, windows[self.rank * b : (self.rank + 1) * b], self.seq_len)
+        return _gpt_batch(self.tokens, windows[self.rank * b : (self.rank + 1) * b], self.seq_len, self.seq_len - 1)
 
     @staticmethod
     def eval_batches(
@@ -673,7 +681,8 @@ class GPTPretrainingStream:
         return list(iter_eval_batches(corpus, split, batch_size=batch_size, seq_len=seq_len, max_batches=max_batches))
 
     def _identity(self) -> dict[str, Any]:
-        return {"kind": "gpt", "corpus": self.corpus.key, "split": self.split, "seed": self.seed, "seq_len": self.seq_len}
+        return {"kind": "gpt", "corpus": self.corpus.key, "split": self.split, "seed": self.seed, "seq_len": self.seq_len,
+                "windows": GPT_WINDOWS}
 
     def state_dict(self) -> dict[str, Any]:
         return {"version": STATE_VERSION, **self._identity(), "epoch": self.epoch, "cursor": self.cursor}
@@ -683,8 +692,13 @@ class GPTPretrainingStream:
         self.epoch, self.cursor = int(state["epoch"]), int(state["cursor"])
 
 
-def _gpt_batch(tokens: np.ndarray, windows: np.ndarray, seq_len: int) -> dict[str, torch.Tensor]:
-    index = windows.astype(np.int64)[:, None] * seq_len + np.arange(seq_len)[None, :]
+def gpt_windows(n_tokens: int, seq_len: int) -> int:
+    """Windows of ``seq_len`` tokens, one token of overlap, in a stream of ``n_tokens``."""
+    return max(0, n_tokens - 1) // (seq_len - 1)
+
+
+def _gpt_batch(tokens: np.ndarray, windows: np.ndarray, seq_len: int, stride: int) -> dict[str, torch.Tensor]:
+    index = windows.astype(np.int64)[:, None] * stride + np.arange(seq_len)[None, :]
     ids = torch.from_numpy(tokens[index].astype(np.int64))
     return {"input_ids": ids, "labels": ids.clone()}
 
@@ -708,8 +722,8 @@ def iter_eval_batches(
     """The same fixed batches on every call, for comparable evaluation across steps.
 
     BERT (``tokenizer`` and ``cfg`` needed): instances of the documents in file order, masks fixed
-    by ``seed``. GPT (``seq_len`` needed): consecutive windows in order, the tail dropped (a split
-    shorter than one window gives one shorter window). The last batch may be smaller. With
+    by ``seed``. GPT (``seq_len`` needed): the training stream's windows (one token of overlap) in
+    order, the tail dropped (a split shorter than one window gives one shorter window). The last batch may be smaller. With
     ``world_size > 1`` rank ``r`` gets batches ``r, r + W, ...`` (sum the metrics over ranks).
     """
     if not 0 <= rank < world_size:
@@ -756,12 +770,12 @@ def _gpt_eval(corpus: PreparedCorpus, split: str, seq_len: int | None, batch_siz
     if seq_len is None or seq_len < 2:
         raise PretuneError("GPT evaluation batches need seq_len (at least 2)")
     tokens = corpus.tokens(split)
-    n = tokens.size // seq_len
+    n = gpt_windows(tokens.size, seq_len)
     if n == 0:
-        yield _gpt_batch(tokens, np.zeros(1, np.int64), tokens.size)
+        yield _gpt_batch(tokens, np.zeros(1, np.int64), tokens.size, 0)
         return
     for start in range(0, n, batch_size):
-        yield _gpt_batch(tokens, np.arange(start, min(start + batch_size, n)), seq_len)
+        yield _gpt_batch(tokens, np.arange(start, min(start + batch_size, n)), seq_len, seq_len - 1)
 
 
 # --- checks ----------------------------------------------------------------------------------

@@ -5,7 +5,8 @@
 * :mod:`pretune.lm.score`: perplexity of a text under a GPT (sliding window with a stride), and a
   BERT's masked-LM pseudo-perplexity and accuracy.
 * :mod:`pretune.lm.fill_mask`: a BERT's top-k tokens for every ``[MASK]``.
-* :mod:`pretune.lm.common`: loading a trained model for these, the vocabulary limit.
+* :mod:`pretune.lm.common`: padded batches and the vocabulary limit (the model comes from
+  :func:`pretune.loader.load_ready`, the loader of every verb).
 * :mod:`pretune.lm.settings`: their settings (no torch), from which the commands' flags come.
 
 Fine-tuned task models run through :mod:`pretune.inference`; contextual vectors and the sense

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from pretune.errors import PretuneError
-from pretune.lm.common import limit_to_tokenizer, pad_id, pad_rows
+from pretune.lm.common import limit_to_tokenizer, pad_rows
 
 MASK_IN_TEXT = "[MASK]"
 
@@ -61,7 +61,7 @@ def fill_mask(model: Any, tokenizer: Any, texts: list[str], *, top_k: int = 5, b
     out = []
     for first in range(0, len(seqs), batch_size):
         batch = seqs[first : first + batch_size]
-        x, mask = pad_rows(batch, pad_id(tokenizer))
+        x, mask = pad_rows(batch, tokenizer.padding_id)
         hidden = model(x.to(device), padding_mask=None if bool(mask.all()) else mask.to(device)).hidden
         where = [(row, j) for row, seq in enumerate(batch) for j, t in enumerate(seq) if t == tokenizer.mask_id]
         rows, cols = (torch.tensor(v, device=device) for v in zip(*where))

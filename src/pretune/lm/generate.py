@@ -8,6 +8,15 @@ recomputation of the prefix. The next token is the most likely one (greedy), or 
 temperature, top-k, top-p. A sample ends at the end-of-text token, at a ``--stop`` string (its
 text is cut there) or after ``--max-new-tokens``.
 
+**A prompt's samples do not depend on its batch.** Each sample draws from a generator of its own,
+seeded from ``--seed``, the prompt's index and the sample's index, so ``--batch-size`` and the
+other prompts never change it. The repetition penalty counts a row's prompt and output tokens, not
+its left padding: ``transformers``' penalty gathers over every input id, padding included, so a
+padded row of its batches has its pad token (often the end-of-text token) penalised, and its
+output depends on the longest prompt beside it (Hugging Face's text-generation-inference fixed
+the same in its server, PR #1765). Without padding, or padded with a token the row already holds,
+the two agree token for token (tests/test_generate.py).
+
 **Context**: a prompt longer than the context leaves room for is cut from the left (its last
 ``context - max_new_tokens`` tokens are kept) with a warning naming the prompt and how much was
 cut; ``--max-new-tokens`` at or above the context is an error. An empty prompt starts from the
@@ -18,15 +27,16 @@ from __future__ import annotations
 
 import random
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from pretune.errors import PretuneError
-from pretune.lm.common import limit_to_tokenizer, pad_id, pad_rows
+from pretune.lm.common import limit_to_tokenizer, pad_rows
 from pretune.lm.settings import SamplingSettings
 from pretune.models.core import KVCache
 
@@ -72,14 +82,22 @@ def penalise_repeats(logits: Tensor, seen: Tensor, penalty: float) -> Tensor:
     return torch.where(seen, penalised, logits)
 
 
-def next_tokens(logits: Tensor, s: SamplingSettings, seen: Tensor, generator: torch.Generator | None) -> Tensor:
-    """The next token of each row (b,): greedy, or sampled from the shaped distribution."""
+def next_tokens(logits: Tensor, s: SamplingSettings, seen: Tensor,
+                generators: Sequence[torch.Generator | None] | None = None) -> Tensor:
+    """The next token of each row (b,): greedy, or sampled from the shaped distribution, row ``i``
+    with ``generators[i]`` (None: torch's global generator)."""
     if s.repetition_penalty != 1.0:
         logits = penalise_repeats(logits, seen, s.repetition_penalty)
     if not s.sample:
         return logits.argmax(-1)
     probs = filter_logits(logits / s.temperature, s.top_k, s.top_p).softmax(-1)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(1)
+    rows = generators if generators is not None else [None] * probs.shape[0]
+    return torch.cat([torch.multinomial(p, 1, generator=g) for p, g in zip(probs, rows, strict=True)])
+
+
+def sample_seed(seed: int, prompt: int, sample: int) -> int:
+    """The seed of one sample's generator: a function of the call's seed and the sample's place only."""
+    return int(np.random.SeedSequence([seed, prompt, sample]).generate_state(1, np.uint64)[0])
 
 
 # --- the decoding loop -----------------------------------------------------------------------------
@@ -88,14 +106,15 @@ def next_tokens(logits: Tensor, s: SamplingSettings, seen: Tensor, generator: to
 @torch.no_grad()
 def generate_ids(
     model: Any, prompts: list[list[int]], s: SamplingSettings, *, eos_id: int | None, pad: int = 0,
-    n_tokens: int | None = None, generator: torch.Generator | None = None,
+    n_tokens: int | None = None, generators: Sequence[torch.Generator | None] | None = None,
     on_token: Callable[[int, list[int]], bool] | None = None,
 ) -> list[tuple[list[int], str]]:
     """The new ids after each prompt (each fits the context with ``s.max_new_tokens``) and why it stopped.
 
     A row stops at ``eos_id`` ("eos", kept in its ids), when ``on_token(row, ids)`` returns True
     ("stop"), or after ``s.max_new_tokens`` ("length"); the batch stops when every row has. Ids at
-    or past ``n_tokens`` (a padded vocabulary) are never chosen.
+    or past ``n_tokens`` (a padded vocabulary) are never chosen. Sampling draws row ``i``'s tokens
+    from ``generators[i]``; the repetition penalty counts each row's own tokens, not its padding.
     """
     device = next(model.parameters()).device
     ids, mask = (t.to(device) for t in pad_rows(prompts, pad, left=True))
@@ -111,7 +130,7 @@ def generate_ids(
     out: list[list[int]] = [[] for _ in range(b)]
     finish = ["length"] * b
     for step in range(s.max_new_tokens):
-        token = next_tokens(limit_to_tokenizer(logits.float(), n_tokens or logits.shape[-1]), s, seen, generator)
+        token = next_tokens(limit_to_tokenizer(logits.float(), n_tokens or logits.shape[-1]), s, seen, generators)
         for row, t in enumerate(token.tolist()):
             if finish[row] != "length":
                 continue
@@ -194,12 +213,15 @@ def generate(
 ) -> list[Sample]:
     """Continue each prompt ``s.num_samples`` times with a GPT (``model`` on its device, in eval mode).
 
+    Sample ``k`` of prompt ``p`` is a function of ``s.seed``, ``p`` and ``k`` only (not of
+    ``batch_size`` or of the other prompts).
+
     ``on_text(row, text)`` receives each sample's text as it is generated (rows are numbered prompt by
     prompt, sample by sample), for streaming. Run it under the autocast of the precision wanted.
     """
     s.check()
     seed = s.seed if s.seed is not None else random.SystemRandom().randrange(2**31)
-    generator = torch.Generator(next(model.parameters()).device).manual_seed(seed)
+    device = next(model.parameters()).device
     encoded = encode_prompts(tokenizer, prompts, model.cfg.max_positions, s.max_new_tokens)
     rows = [(p, k) for p in range(len(prompts)) for k in range(s.num_samples)]
     eos = tokenizer.eos_id if tokenizer.has_role("eos") else None
@@ -208,8 +230,9 @@ def generate(
         batch = rows[first : first + batch_size]
         streams = [TextStream(tokenizer, list(s.stop or []), None if on_text is None else
                               (lambda text, r=first + j: on_text(r, text))) for j in range(len(batch))]
-        done = generate_ids(model, [encoded[p][0] for p, _ in batch], s, eos_id=eos, pad=pad_id(tokenizer),
-                            n_tokens=tokenizer.vocab_size, generator=generator,
+        generators = [torch.Generator(device).manual_seed(sample_seed(seed, p, k)) for p, k in batch] if s.sample else None
+        done = generate_ids(model, [encoded[p][0] for p, _ in batch], s, eos_id=eos, pad=tokenizer.padding_id,
+                            n_tokens=tokenizer.vocab_size, generators=generators,
                             on_token=lambda j, ids, streams=streams: streams[j].update(ids))
         for (p, k), stream, (ids, finish) in zip(batch, streams, done):
             if finish != "stop":
@@ -220,4 +243,4 @@ def generate(
 
 
 __all__ = ["Sample", "TextStream", "encode_prompts", "filter_logits", "generate", "generate_ids", "next_tokens",
-           "penalise_repeats"]
+           "penalise_repeats", "sample_seed"]

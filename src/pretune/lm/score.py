@@ -26,7 +26,7 @@ import torch
 from tqdm.auto import tqdm
 
 from pretune.errors import PretuneError
-from pretune.lm.common import limit_to_tokenizer, pad_id, pad_rows
+from pretune.lm.common import limit_to_tokenizer, pad_rows
 
 T = TypeVar("T")
 
@@ -109,7 +109,7 @@ def pseudo_perplexity(model: Any, tokenizer: Any, lines: list[str], *, batch_siz
     if not copies:
         raise NothingToScore("the text has no tokens to mask")
     device = next(model.parameters()).device
-    mask_id, pad = tokenizer.mask_id, pad_id(tokenizer)
+    mask_id, pad = tokenizer.mask_id, tokenizer.padding_id
     logp_sum, correct = 0.0, 0
     for batch in _chunks(copies, batch_size, progress, "pseudo-perplexity"):
         x, mask = pad_rows([seq[:j] + [mask_id] + seq[j + 1 :] for seq, j in batch], pad)
@@ -128,7 +128,7 @@ def pseudo_perplexity(model: Any, tokenizer: Any, lines: list[str], *, batch_siz
 def score_text(ready: Any, text: str, *, window: int | None = None, stride: int | None = None, batch_size: int = 8,
                progress: bool = False) -> dict[str, Any]:
     """``pretune perplexity``: a GPT's perplexity of the whole text, or a BERT's pseudo-perplexity and
-    masked-LM accuracy over its non-empty lines (``ready``: a :class:`pretune.lm.common.ReadyModel`)."""
+    masked-LM accuracy over its non-empty lines (``ready``: a :class:`pretune.loader.ReadyModel`)."""
     with ready.autocast():
         if ready.family == "gpt":
             return perplexity(ready.model, ready.tokenizer.encode(text), window=window, stride=stride,

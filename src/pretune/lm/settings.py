@@ -9,8 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from pretune.errors import PretuneError
-from pretune.settings import at_least, between, check_ranges, positive, setting
-from pretune.train.settings import Runtime
+from pretune.settings import Runtime, at_least, between, check_ranges, positive, setting
 
 
 def parse_roles(items: list[str] | dict[str, str] | None) -> dict[str, str]:
@@ -39,8 +38,9 @@ class SamplingSettings:
     repetition_penalty: float = setting(1.0, check=positive, help="divide (multiply, when negative) the logit of every token already "
                                         "in the prompt or the output by this (CTRL; 1: off)")
     stop: list[str] | None = setting(None, help="stop a sample when its text contains one of these strings (cut there)")
-    num_samples: int = setting(1, metavar="N", check=at_least(1), help="samples per prompt")
-    seed: int | None = setting(None, help="random seed for sampling (default: a fresh one, reported with --json)")
+    num_samples: int = setting(1, metavar="N", check=at_least(1), help="samples per prompt (with --sample)")
+    seed: int | None = setting(None, help="random seed for sampling (default: a fresh one, reported with --json); each sample "
+                               "depends on it and its prompt's and its own number only, not on --batch-size")
 
     def check(self) -> None:
         """One-line errors for what the declared ranges (``check=``, :func:`pretune.settings.check_ranges`)
@@ -50,6 +50,9 @@ class SamplingSettings:
             raise PretuneError("--temperature, --top-k and --top-p shape sampling: add --sample (greedy decoding ignores them)")
         if self.stop is not None and any(not s for s in self.stop):
             raise PretuneError("--stop strings must not be empty")
+        if self.num_samples > 1 and not self.sample:
+            raise PretuneError(f"--num-samples {self.num_samples} without --sample: greedy decoding gives {self.num_samples} "
+                               "identical continuations; add --sample")
 
 
 @dataclass

@@ -9,6 +9,7 @@ objectives or heads.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -16,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from pretune import tuning
 from pretune.config import ModelConfig
 
 
@@ -64,11 +66,6 @@ class Embeddings(nn.Module):
         return self.drop(x)
 
 
-# On the CPU, attention with dropout (training) runs through ``_attention_with_dropout`` rather
-# than SDPA's math fallback; set False to always use SDPA (for comparisons).
-CPU_DROPOUT_ATTENTION = True
-
-
 class SelfAttention(nn.Module):
     """Multi-head self-attention with one fused QKV projection and SDPA."""
 
@@ -97,9 +94,7 @@ class SelfAttention(nn.Module):
             q = F.linear(queries, self.qkv.weight[:h], self.qkv.bias[:h]).view(b, -1, n, d).transpose(1, 2)
             k, v = F.linear(x, self.qkv.weight[h:], self.qkv.bias[h:]).view(b, t, 2, n, d).permute(2, 0, 3, 1, 4)
         dropout = self.attn_dropout if self.training else 0.0
-        if x.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
-            # bf16 on CPU: the projections gain from AMX, but SDPA's bf16 CPU backward is ~6x
-            # slower than its fp32 one (docs/benchmarks.md), so attention itself runs in fp32
+        if x.device.type == "cpu" and torch.is_autocast_enabled("cpu") and tuning.CPU_BF16_ATTENTION_IN_FP32:
             with torch.autocast("cpu", enabled=False):
                 y = self._attend(q.float(), k.float(), v.float(), mask, causal, dropout)
         else:
@@ -108,9 +103,7 @@ class SelfAttention(nn.Module):
 
     @staticmethod
     def _attend(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, causal: bool, dropout: float) -> Tensor:
-        if dropout and q.device.type == "cpu" and CPU_DROPOUT_ATTENTION:
-            # SDPA's CPU flash kernel has no dropout: it falls back to its math path, which costs
-            # more than this one (measured in docs/benchmarks.md). The same computation.
+        if dropout and q.device.type == "cpu" and tuning.CPU_DROPOUT_ATTENTION:  # the same computation, faster
             return _attention_with_dropout(q, k, v, mask, causal, dropout)
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=causal and mask is None)
 
@@ -353,6 +346,11 @@ class Backbone(nn.Module):
     def untied_output(self) -> nn.Linear:
         """The output layer over the vocabulary when it is not tied to the token embedding."""
         raise NotImplementedError
+
+    def init_blocks(self, blocks: Iterable[nn.Module]) -> None:
+        """Initialise ``blocks`` as a new model of this family initialises its blocks."""
+        for block in blocks:
+            init_weights(block, self.cfg.initializer_range)
 
     @property
     def decoder_weight(self) -> Tensor:

@@ -17,19 +17,12 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-# Work sizes, in logits elements. A chunk of rows is the unit of every matmul (large enough that
-# the (vocab, h) weight-gradient accumulator is read and written only a few times per step, and
-# that the GEMMs stay efficient); only one chunk's fp32 logits exist at a time. Blocks (rows
-# within a chunk that go through softmax and the hidden-gradient matmul together) can be set
-# smaller to stay in cache; measured on a 2-core CPU, smaller blocks lost to per-op overhead, so
-# by default a block is the whole chunk.
-CE_CHUNK_ELEMENTS = {"cpu": 1 << 25, "cuda": 1 << 28}
-CE_BLOCK_ELEMENTS: dict[str, int] = {}
+from pretune import tuning
 
 
 def _ce_sizes(device: torch.device, vocab: int, rows: int) -> tuple[int, int]:
-    chunk = max(1, min(rows, CE_CHUNK_ELEMENTS.get(device.type, 1 << 26) // max(1, vocab)))
-    block = CE_BLOCK_ELEMENTS.get(device.type)
+    chunk = max(1, min(rows, tuning.CE_CHUNK_ELEMENTS.get(device.type, tuning.CE_CHUNK_DEFAULT) // max(1, vocab)))
+    block = tuning.CE_BLOCK_ELEMENTS.get(device.type)
     block = chunk if block is None else max(1, min(chunk, block // max(1, vocab)))
     return chunk, block
 
@@ -220,4 +213,4 @@ def linear_cross_entropy(
     return total, count, (correct if with_correct else None)
 
 
-__all__ = ["CE_BLOCK_ELEMENTS", "CE_CHUNK_ELEMENTS", "linear_cross_entropy"]
+__all__ = ["linear_cross_entropy"]

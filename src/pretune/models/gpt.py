@@ -11,12 +11,14 @@ token (``pretune/tasks/``) and keeps this LM loss as an auxiliary objective. Gen
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from pretune import tuning
 from pretune.config import ModelConfig
 from pretune.models.core import Backbone, KVCache, ModelOutput, init_weights
 from pretune.models.fused_ce import linear_cross_entropy
@@ -39,11 +41,19 @@ class GPT(Backbone):
         if not cfg.tie_embeddings:
             self.lm_head = nn.Linear(cfg.hidden, cfg.vocab_size, bias=False)
         init_weights(self, cfg.initializer_range)
-        if cfg.norm == "pre":  # GPT-2: residual projections start at std / sqrt(2 * layers)
+        self._scale_residuals(self.body.blocks)
+
+    def init_blocks(self, blocks: Iterable[nn.Module]) -> None:
+        super().init_blocks(blocks)
+        self._scale_residuals(blocks)
+
+    def _scale_residuals(self, blocks: Iterable[nn.Module]) -> None:
+        """GPT-2: residual projections start at std / sqrt(2 * layers)."""
+        if self.cfg.norm == "pre":
             with torch.no_grad():
-                for block in self.body.blocks:
+                for block in blocks:
                     for layer in (block.attn.proj, block.mlp.fc2):
-                        layer.weight.mul_((2 * cfg.n_layers) ** -0.5)
+                        layer.weight.mul_((2 * self.cfg.n_layers) ** -0.5)
 
     def untied_output(self) -> nn.Linear:
         return self.lm_head
@@ -58,9 +68,8 @@ class GPT(Backbone):
         """Logits (b, vocab) of the token after each row's last position, the new positions' keys
         and values appended to ``cache`` (``padding_mask`` covers the cached positions too)."""
         hidden, _ = self.body(input_ids, padding_mask=padding_mask, positions=positions, cache=cache)
-        # (vocab, hidden) @ (hidden, b) reads the output matrix in its stored order; F.linear's
-        # h @ W^T took twice as long at batch 8 on a 2-core Zen 3 with MKL (docs/benchmarks.md)
-        return (self.decoder_weight @ hidden[:, -1].T).T
+        last = hidden[:, -1]
+        return (self.decoder_weight @ last.T).T if tuning.DECODE_WEIGHT_FIRST else F.linear(last, self.decoder_weight)
 
     def forward(
         self,

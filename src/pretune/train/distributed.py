@@ -12,6 +12,7 @@ replicated models as they are; the same calls load a checkpoint read by rank 0 i
 
 from __future__ import annotations
 
+import atexit
 import os
 import warnings
 from collections.abc import Callable, Sequence
@@ -46,7 +47,13 @@ class Dist:
 
 
 def init_distributed(device: str = "auto") -> Dist:
-    """Join the process group when started by ``torchrun`` (NCCL on GPUs, gloo on CPU)."""
+    """Join the process group when started by ``torchrun`` (NCCL on GPUs, gloo on CPU).
+
+    The group pretune joins is left when the process ends, normally or with an error
+    (:func:`leave_process_group`, the one place that calls ``destroy_process_group``): one group
+    per process, kept from one run to the next in the same process, since torch re-creates a
+    destroyed default group under the same store keys and its ranks may then meet stale addresses.
+    """
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return Dist()
@@ -57,17 +64,22 @@ def init_distributed(device: str = "auto") -> Dist:
             torch.cuda.set_device(local)
         timeout = timedelta(seconds=float(os.environ.get(TIMEOUT_ENV, "1800")))
         dist.init_process_group("nccl" if use_cuda else "gloo", timeout=timeout)
+        atexit.register(leave_process_group)
     return Dist(rank, world, local)
 
 
+def leave_process_group() -> None:
+    """``destroy_process_group`` if the group still exists (run at exit; NCCL warns of, and may
+    leak, a group never destroyed)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def resolve_device(name: str, d: Dist = Dist()) -> torch.device:
-    if name == "auto":
-        return torch.device(f"cuda:{d.local_rank}" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise PretuneError(f"--device {name}: CUDA is not available on this machine; use --device cpu")
-    if name == "cuda" and d.enabled:
-        return torch.device(f"cuda:{d.local_rank}")
-    return torch.device(name)
+    """This rank's device for ``--device`` (:func:`pretune.precision.resolve_device`)."""
+    from pretune import precision
+
+    return precision.resolve_device(name, d.local_rank if d.enabled else None)
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -224,5 +236,5 @@ def _is_sharded(model: nn.Module) -> bool:
 
 __all__ = [
     "Dist", "all_sum", "check_global_batch", "fsdp2", "full_model_state", "full_optimizer_state", "fully_shard_model", "gather_to_main",
-    "init_distributed", "load_full_state", "on_main", "rank_seed", "resolve_device", "shard", "unshard", "unwrap",
+    "init_distributed", "leave_process_group", "load_full_state", "on_main", "rank_seed", "resolve_device", "shard", "unshard", "unwrap",
 ]

@@ -53,7 +53,7 @@ from pretune.train.distributed import (
 )
 from pretune.train.rundir import prepare_out, saved_settings
 from pretune.train.settings import FinetuneSettings
-from pretune.train.surgery import freeze_layers, resize_vocab, transfer_layers
+from pretune.train.surgery import freeze_layers, partly_frozen, resize_vocab, transfer_layers
 from pretune.train.trainer import CHECKPOINTS, TrainConfig, Trainer, param_groups, seed_everything
 from pretune.validate import finetune_settings
 
@@ -82,8 +82,9 @@ def _same_head(saved: TaskSpec | None, spec: TaskSpec) -> bool:
     return saved is not None and saved.family == spec.family and saved.labels == spec.labels
 
 
-def load_backbone(s: FinetuneSettings) -> tuple[Any, Any]:
-    """``--model`` loaded (a preset gets the tokenizer's size), with GPT-1's tokens added."""
+def load_backbone(s: FinetuneSettings) -> tuple[Any, Any, range]:
+    """``--model`` loaded (a preset gets the tokenizer's size), with GPT-1's tokens added; returns
+    it, its tokenizer, and the token rows initialised fresh for the added tokens."""
     tokenizer = load_tokenizer(s.tokenizer)
     source = model_source(s.model)
     overrides: dict[str, Any] = dict(s.overrides)
@@ -99,12 +100,14 @@ def load_backbone(s: FinetuneSettings) -> tuple[Any, Any]:
                        f"(pass a pretrained model directory or Hugging Face Hub id to fine-tune pretrained ones)")
     loaded = load_model(s.model, overrides=overrides, tokenizer=tokenizer)
     _check_tokenizer(loaded.tokenizer, loaded.config.family, s.model)
+    fresh = range(0)
     if loaded.config.family == "gpt":
+        before = loaded.tokenizer.vocab_size
         added = loaded.tokenizer.ensure_gpt_special_tokens()
-        resize_vocab(loaded.model, loaded.tokenizer.vocab_size)
+        fresh = resize_vocab(loaded.model, loaded.tokenizer.vocab_size, new_from=before)
         if added:
             tqdm.write(f"added GPT-1 tokens {' '.join(added)} to the vocabulary (now {loaded.tokenizer.vocab_size})")
-    return loaded, loaded.tokenizer
+    return loaded, loaded.tokenizer, fresh
 
 
 def task_spec(s: FinetuneSettings, recipe: Recipe, train: Sequence[Any], cfg: Any) -> TaskSpec:
@@ -125,12 +128,12 @@ def task_spec(s: FinetuneSettings, recipe: Recipe, train: Sequence[Any], cfg: An
 
 def build_task_model(s: FinetuneSettings, recipe: Recipe, train: Sequence[Any]) -> tuple[TaskModel, Any, tuple[str, ...]]:
     """The model to fine-tune, its tokenizer, and the prefixes of its newly initialised layers."""
-    loaded, tokenizer = load_backbone(s)
+    loaded, tokenizer, fresh = load_backbone(s)
     backbone = loaded.model
     spec = task_spec(s, recipe, train, backbone.cfg)
     if s.transfer_layers is not None:
         transfer_layers(backbone, s.transfer_layers)
-    freeze_layers(backbone, s.freeze_layers)
+    freeze_layers(backbone, s.freeze_layers, new_rows=fresh)
     model = TaskModel(backbone, spec, get_family(spec.family))
     if _same_head(loaded.task, spec) and loaded.head:
         model.head.load_state_dict({k[len("head."):]: v for k, v in loaded.head.items()})
@@ -199,6 +202,9 @@ class FinetuneRun:
             raise PretuneError(f"--epochs must be positive, got {s.epochs}")
         self._read_data()
         self.model, self.tokenizer, new_prefixes = build_task_model(s, self.recipe, self.train_examples)
+        if partly_frozen(self.model) and self.dist.enabled and s.trainer.fsdp:
+            raise PretuneError("--freeze-layers with --fsdp: GPT-1's new tokens must keep training in the frozen token "
+                               "table, which a sharded table cannot do; drop --fsdp (DDP replicates the model) or --freeze-layers")
         self.spec = self.model.spec
         self._build_features()
         self._build_trainer(new_prefixes)
@@ -246,7 +252,7 @@ class FinetuneRun:
         self.best: dict[str, Any] = on_main(lambda: _read_best(self.out), d) if run.resume else _fresh_best()
         # Discriminative learning rates: the body at --lr (layer-decayed), new layers at --head-lr.
         groups = param_groups(self.model, run.lr, run.weight_decay, head_lr=s.head_lr, head_prefixes=new_prefixes,
-                              layer_decay=s.layer_decay)
+                              layer_decay=s.layer_decay, no_decay=partly_frozen(self.model))
         run = dataclasses.replace(run, warmup_steps=int(s.warmup_ratio * max_steps), eval_every=self.steps_per_epoch,
                                   save_every=self.steps_per_epoch)
         tcfg = TrainConfig(out_dir=self.out, max_steps=max_steps, run=run, desc=f"finetune {self.recipe.name}",

@@ -2,20 +2,21 @@
 
 The command line and ``--config`` files are generated from these fields (:mod:`pretune.settings`).
 This module imports no torch, so ``pretune --help`` stays fast; the recipes that use the
-settings live beside it (``pretrain.py``, ``finetune.py``, :mod:`pretune.inference`).
+settings live beside it (``pretrain.py``, ``finetune.py``, :mod:`pretune.inference`). Where a
+model runs (:class:`pretune.settings.Runtime`) and how BERT instances are masked
+(:class:`pretune.data.settings.MaskingSettings`) are declared in the layers that use them too.
 """
 
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
+from pretune.data.settings import MaskingSettings
 from pretune.errors import PretuneError
-from pretune.settings import at_least, between, nested, positive, setting
+from pretune.settings import Runtime, at_least, between, nested, positive, setting
 
-Precision = Literal["auto", "fp32", "bf16"]
 Schedule = Literal["linear", "cosine", "constant"]
 
 
@@ -40,22 +41,6 @@ def model_overrides() -> Any:
                    help="model config overrides, e.g. --set dropout=0.2 hidden=256 (shapes only for a preset)")
 
 
-def device_name(value: str) -> str | None:
-    """A ``--device`` value torch knows (a check for :func:`setting`)."""
-    return None if re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", value) else "must be auto, cpu, cuda or cuda:N"
-
-
-@dataclass
-class Runtime:
-    """Where and how a model runs."""
-
-    device: str = setting("auto", check=device_name, help="auto, cpu, cuda or cuda:N")
-    precision: Precision = setting(
-        "auto", help="auto: bf16 autocast where this machine computes it faster (CUDA; a CPU with AMX or "
-        "AVX512-BF16 that measures faster), else fp32")
-    progress: bool = setting(True, negate=True, help="no progress bars")
-
-
 @dataclass
 class TrainSettings(Runtime):
     """The optimisation and the run's bookkeeping (the trainer's settings)."""
@@ -64,7 +49,9 @@ class TrainSettings(Runtime):
     warmup_steps: int = setting(100, check=at_least(0), help="steps of linear warm-up")
     schedule: Schedule | None = setting(None, help="decay after warm-up: linear, cosine or constant "
                                         "(default: linear; cosine for GPT pretraining, as in GPT-1)")
-    weight_decay: float = setting(0.01, check=at_least(0), help="AdamW's decoupled weight decay (not on biases, LayerNorm, positions)")
+    weight_decay: float = setting(0.01, check=at_least(0), help="AdamW's decoupled weight decay, on what each family's reference "
+                                  "decays: BERT and ELECTRA (google-research) every weight but biases and LayerNorm, Adam eps 1e-6; "
+                                  "GPT (openai's code; GPT-2 as nanoGPT) every matrix, embeddings included, eps 1e-8")
     grad_clip: float = setting(1.0, check=at_least(0), help="clip the global gradient norm to this (0: off)")
     grad_accum: int = setting(1, check=at_least(1), help="micro-batches per optimizer step (the batch is per micro-batch)")
     log_every: int = setting(10, check=at_least(1), help="log loss and speed every K steps")
@@ -88,20 +75,6 @@ class TrainSettings(Runtime):
         "log_every", "eval_every", "save_every", "keep_last", "time_budget_s", "device", "compile", "fsdp", "progress",
         "resume", "overwrite",
     )
-
-
-@dataclass
-class MaskingSettings:
-    """How BERT pretraining instances are built and masked (google-research/bert's options)."""
-
-    nsp: bool = setting(True, negate=True, help="BERT: masked LM only, on contiguous full-length segments")
-    whole_word_mask: bool = setting(False, help="BERT: mask whole words (WordPiece ## pieces, Korean eojeol)")
-    dynamic_masking: bool = setting(True, flag="--static-masking", negate=True,
-                                    help="BERT: fix masks at creation (--dupe-factor copies) instead of redrawing them every epoch")
-    dupe_factor: int = setting(5, check=at_least(1), help="BERT static masking: copies of the data with different masks")
-    mask_prob: float = setting(0.15, check=between(0, 1, low_open=True, high_open=True), help="BERT: fraction of tokens to predict (80%% [MASK], 10%% random, 10%% kept)")
-    max_predictions: int | None = setting(None, check=at_least(1), help="BERT: cap on masked tokens per sequence (default: ceil(mask-prob x seq-len))")
-    short_seq_prob: float = setting(0.1, check=between(0, 1), help="BERT: fraction of documents cut to a random shorter target length")
 
 
 Objective = Literal["auto", "mlm", "clm", "electra"]
@@ -236,6 +209,6 @@ class EvaluateSettings(Inputs, Runtime):
 
 
 __all__ = [
-    "Columns", "ElectraSettings", "EvaluateSettings", "FinetuneSettings", "Inputs", "MaskingSettings", "PretrainSettings", "Runtime",
-    "TASK_HELP", "TrainSettings", "device_name", "parse_overrides",
+    "Columns", "ElectraSettings", "EvaluateSettings", "FinetuneSettings", "Inputs", "PretrainSettings", "TASK_HELP", "TrainSettings",
+    "parse_overrides",
 ]

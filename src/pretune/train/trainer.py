@@ -1,9 +1,9 @@
 """The training loop shared by pretraining and fine-tuning.
 
-The trainer knows nothing about BERT or GPT: it is given a model, an endless iterable of batches
+The trainer knows nothing about BERT or GPT (but for a table of each family's Adam settings): it is given a model, an endless iterable of batches
 (dicts of tensors) and a ``step_fn`` that returns an object with a ``.loss``. It owns the
-optimizer (AdamW, decoupled weight decay except on biases, LayerNorm and position/segment
-embeddings), the warmup-then-decay schedule, gradient accumulation and clipping, autocast,
+optimizer (AdamW with the weight decay and epsilon of the model family's reference implementation,
+:data:`ADAM_RULES`), the warmup-then-decay schedule, gradient accumulation and clipping, autocast,
 optional ``torch.compile``, DistributedDataParallel or FSDP2 under ``torchrun`` with objectives
 that do not depend on the number of processes, periodic evaluation, atomic checkpoints and exact
 resumption (model, optimizer, schedule, every rank's RNG, the data position and the time already
@@ -73,7 +73,7 @@ class TrainConfig:
     desc: str = "train"
     prefetch: int = 2  # batches prepared ahead on a background thread (0: in the loop)
     betas: tuple[float, float] = (0.9, 0.999)
-    eps: float = 1e-6
+    eps: float | None = None  # Adam's epsilon; None: the model family's (param_groups)
     settings: dict[str, Any] | None = None  # the command's settings, saved with each checkpoint for --resume
 
     @classmethod
@@ -100,11 +100,41 @@ class TrainConfig:
 
 # --- optimizer and schedule ----------------------------------------------------------------------
 
-_NO_DECAY = ("bias", "norm", "embeddings.pos.", "embeddings.seg.")
+@dataclass(frozen=True)
+class AdamRule:
+    """How a model family's reference implementation runs Adam: which parameters its weight decay
+    leaves alone, and its epsilon."""
+
+    eps: float
+    exempt: str  # "bias+layernorm": every bias and every LayerNorm parameter; "vectors": every parameter of rank < 2
+    source: str  # the reference implementation it follows (docs/architecture.md, "The trainer")
+
+    def decays(self, name: str, param: nn.Parameter, layernorm: set[str]) -> bool:
+        if self.exempt == "vectors":
+            return param.dim() >= 2
+        return name.rsplit(".", 1)[-1] != "bias" and name not in layernorm
 
 
-def _no_decay(name: str, param: nn.Parameter) -> bool:
-    return param.dim() < 2 or any(k in name for k in _NO_DECAY)
+_BERT_RULE = AdamRule(1e-6, "bias+layernorm", "google-research/bert optimization.py: AdamWeightDecayOptimizer, "
+                      "exclude_from_weight_decay=['LayerNorm', 'layer_norm', 'bias'], epsilon=1e-6")
+_GPT_RULE = AdamRule(1e-8, "vectors", "openai/finetune-transformer-lm train.py/opt.py: l2=0.01 on every parameter of "
+                     "rank > 1 (vector_l2 off), e=1e-8; GPT-2 has no released training code: nanoGPT and the transformers "
+                     "Trainer do the same (every matrix decayed, embeddings included; eps 1e-8)")
+
+# The rule of each model family (``cfg.family``). Position and segment embeddings are matrices and
+# are decayed by all of them; a model without a family (a test's plain module) gets the GPT rule,
+# PyTorch's own default epsilon.
+ADAM_RULES: dict[str, AdamRule] = {
+    "bert": _BERT_RULE,
+    "electra": AdamRule(1e-6, "bias+layernorm", "google-research/electra model/optimization.py: as BERT's, "
+                        "exclude_from_weight_decay=['LayerNorm', 'layer_norm', 'bias'], epsilon=1e-6"),
+    "gpt": _GPT_RULE,
+}
+
+
+def adam_rule(model: nn.Module) -> AdamRule:
+    """The Adam rule of ``model``'s family (:data:`ADAM_RULES`)."""
+    return ADAM_RULES.get(getattr(getattr(model, "cfg", None), "family", None), _GPT_RULE)
 
 
 def param_groups(
@@ -115,14 +145,19 @@ def param_groups(
     head_lr: float | None = None,
     head_prefixes: tuple[str, ...] = ("head.",),
     layer_decay: float | None = None,
+    no_decay: tuple[str, ...] = (),
 ) -> list[dict[str, Any]]:
-    """AdamW parameter groups.
+    """AdamW parameter groups, with the weight decay and epsilon of the model family's reference
+    implementation (:func:`adam_rule`); ``no_decay`` names parameters never decayed besides (a
+    token table whose pretrained rows are frozen: decay would move them).
 
-    No weight decay on biases, LayerNorm weights and position/segment embeddings. Parameters under
-    ``head_prefixes`` (the newly added layers) get ``head_lr``; the pretrained body gets ``lr``,
-    scaled by ``layer_decay ** (depth from the top)`` when layer-wise decay is asked for.
-    Frozen parameters (``requires_grad=False``) are left out.
+    Parameters under ``head_prefixes`` (the newly added layers) get ``head_lr``; the pretrained body
+    gets ``lr``, scaled by ``layer_decay ** (depth from the top)`` when layer-wise decay is asked
+    for. Frozen parameters (``requires_grad=False``) are left out.
     """
+    rule = adam_rule(model)
+    layernorm = {f"{m}.{p}" if m else p for m, mod in model.named_modules() if isinstance(mod, nn.LayerNorm)
+                 for p, _ in mod.named_parameters(recurse=False)}
     n_layers = getattr(getattr(model, "cfg", None), "n_layers", 0)
     groups: dict[tuple[float, bool], dict[str, Any]] = {}
     for name, p in model.named_parameters():
@@ -138,25 +173,27 @@ def param_groups(
             else:
                 depth = 0
             group_lr = lr * layer_decay**depth
-        decay = 0.0 if _no_decay(name, p) else weight_decay
+        decay = weight_decay if rule.decays(name, p, layernorm) and name not in no_decay else 0.0
         key = (group_lr, decay == 0.0, is_head)
-        g = groups.setdefault(
-            key, {"params": [], "names": [], "lr": group_lr, "weight_decay": decay, "name": "head" if is_head else "body"}
-        )
+        g = groups.setdefault(key, {"params": [], "names": [], "lr": group_lr, "weight_decay": decay, "eps": rule.eps,
+                                    "name": "head" if is_head else "body"})
         g["params"].append(p)
         g["names"].append(name)
     return list(groups.values())
 
 
 def build_optimizer(groups: list[dict[str, Any]], cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
-    """AdamW over the parameter groups, fused on CUDA and CPU."""
+    """AdamW over the parameter groups, fused on CUDA and CPU; each group's epsilon is its own
+    (the family's, from :func:`param_groups`) unless ``cfg.eps`` sets one for all."""
     clean = [{k: v for k, v in g.items() if k != "names"} for g in groups]
     for g in clean:
         g["initial_lr"] = g["lr"]
+        if cfg.eps is not None:
+            g["eps"] = cfg.eps
     # One fused kernel for all parameters (CUDA and CPU); the per-tensor loop costs more than the
     # whole transformer body of the small models on a CPU.
     fused = device.type in ("cuda", "cpu")
-    return torch.optim.AdamW(clean, lr=cfg.run.lr, betas=cfg.betas, eps=cfg.eps, fused=fused or None)
+    return torch.optim.AdamW(clean, lr=cfg.run.lr, betas=cfg.betas, fused=fused or None)
 
 
 def lr_factor(step: int, cfg: TrainConfig, time_fraction: float = 0.0) -> float:
@@ -644,8 +681,11 @@ class Trainer:
     def _log_record(self, window: _Window, bar: tqdm) -> dict[str, Any]:
         elapsed = time.perf_counter() - window.started
         mean_loss = self._all_reduce_mean(window.loss / max(window.count, 1)).item()
+        # the schedule's factor times --lr: the peak rate's, whatever group comes first (the
+        # embeddings' under --layer-decay, a head's under --head-lr)
+        factor = self.scheduler.get_last_lr()[0] / self.optimizer.param_groups[0]["initial_lr"]
         record = {
-            "loss": mean_loss, "lr": self.scheduler.get_last_lr()[0],
+            "loss": mean_loss, "lr": self.cfg.run.lr * factor,
             "tokens_per_s": window.tokens * self.dist.world_size / max(elapsed, 1e-9), "elapsed_s": elapsed,
         }
         bar.set_postfix(step=self.step, loss=f"{mean_loss:.4f}", lr=f"{record['lr']:.2e}", tok_s=f"{record['tokens_per_s']:.0f}")

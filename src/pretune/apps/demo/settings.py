@@ -5,8 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from pretune.settings import at_least, between, positive, setting
-from pretune.train.settings import Precision, device_name
+from pretune.settings import Precision, at_least, between, device_name, positive, setting
 
 
 @dataclass

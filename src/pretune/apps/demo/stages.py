@@ -10,17 +10,17 @@ from typing import Any
 
 from pretune.apps.demo.data import corpus_slice
 from pretune.apps.demo.settings import DemoSettings, epochs_for
+from pretune.data.settings import MaskingSettings
 from pretune.errors import PretuneError
 from pretune.io import atomic_dir
-from pretune.train.settings import Columns, FinetuneSettings, MaskingSettings, PretrainSettings, TrainSettings
+from pretune.train.settings import Columns, FinetuneSettings, PretrainSettings, TrainSettings
 
 
 def demo_precision(s: DemoSettings) -> str:
     """The precision the demo trains in: ``s.precision`` resolved by the library's one rule."""
     from pretune import precision
-    from pretune.train.distributed import resolve_device
 
-    return precision.resolve_precision(s.precision, resolve_device(s.device))
+    return precision.resolve_precision(s.precision, precision.resolve_device(s.device))
 
 
 def tokenizer_stage(kind: str, corpus: Path, out: Path, s: DemoSettings) -> Path:
