@@ -8,7 +8,7 @@ PIP    := $(PY) -m pip --disable-pip-version-check -q
 TORCH  ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo torch || echo torch==2.13.0)
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: demo test walkthrough lint bench install clean
+.PHONY: demo test walkthrough minimums lint bench install clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -29,6 +29,12 @@ test: $(STAMP)
 # The README's commands in a new shell, after its activation line (quick: a few steps each; ARGS=--full as written).
 walkthrough: $(STAMP)
 	$(PY) tests/walkthrough.py $(ARGS)
+
+# The oldest versions pyproject.toml promises (torch 2.13.0 CPU, every other dependency and the hf
+# extra at its declared minimum) in a throwaway environment, then a smoke run: about 4 minutes with
+# the installs, so not part of `make test` (tests/minimums.py; ARGS="--keep DIR" reuses an environment).
+minimums:
+	python3 tests/minimums.py $(ARGS)
 
 bench: $(STAMP)
 	$(PY) benchmarks/compare_hf.py --quick

@@ -10,10 +10,22 @@ exits with status 1.
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 
 import pytest
 import torch
+
+# No test reaches the Hugging Face Hub or touches a user's caches: offline, with empty caches of the
+# session's own, removed at its end. Set here, before transformers or datasets is imported (both read
+# these variables once, at import; pretune.hub reads them at each call, so tests may point them
+# elsewhere).
+_HF_HOME = tempfile.mkdtemp(prefix="pretune-tests-hf-")
+os.environ.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", HF_HOME=_HF_HOME,
+                  HF_HUB_CACHE=os.path.join(_HF_HOME, "hub"), HF_DATASETS_CACHE=os.path.join(_HF_HOME, "datasets"))
+atexit.register(shutil.rmtree, _HF_HOME, ignore_errors=True)
 
 # (test file, text of the skip reason): skips CI cannot avoid.
 ALLOWED_IN_CI = (

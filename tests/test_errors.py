@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from hubcache import add_snapshot
 
 from pretune import cli
 from pretune.checkpoint import export_hf, save_model
@@ -75,6 +76,11 @@ def _corpus(w: Path) -> None:
         (w / name).mkdir()
         _text(w / name / "keep.txt", "someone's results\n")
     (w / "nodata").mkdir()
+    import datasets  # the test extra installs it (pretune[hf])
+
+    table = datasets.Dataset.from_dict({"text": ["the cat sat", "a dog ran"], "label": [1, 0]})
+    datasets.DatasetDict({"train": table, "validation": table}).save_to_disk(str(w / "ds"))
+    table.to_parquet(str(w / "cls.parquet"))
 
 
 def _models(w: Path) -> None:
@@ -85,6 +91,7 @@ def _models(w: Path) -> None:
     model = build_model(preset("bert-tiny", vocab_size=tok.vocab_size, max_positions=64, hidden=32, n_heads=2, n_layers=1))
     save_model(w / "pre", model, tok)
     export_hf(model, w / "hf", tok)
+    add_snapshot(w / "hub", "org/tiny", w / "hf", "c" * 40)  # a Hugging Face cache holding org/tiny (main)
     bpe = Tokenizer.load(w / "bpe")
     save_model(w / "gpt", build_model(preset("gpt-tiny", vocab_size=bpe.vocab_size, max_positions=32, hidden=32, n_heads=2,
                                              n_layers=1)), bpe)

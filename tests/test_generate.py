@@ -236,7 +236,7 @@ def gpt_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (root / "text.txt").write_text(TEXT, encoding="utf-8")
     tok = train_tokenizer([root / "text.txt"], "bpe", 300, min_frequency=1, show_progress=False)
     torch.manual_seed(0)
-    model = build_model(preset("gpt2", vocab_size=tok.vocab_size + 20, n_layers=2, hidden=32, n_heads=4, max_positions=32))
+    model = build_model(preset("gpt2-124m", vocab_size=tok.vocab_size + 20, n_layers=2, hidden=32, n_heads=4, max_positions=32))
     _randomise(model)
     with torch.no_grad():  # the 20 padding rows would win every argmax if they could be predicted
         direction = torch.nn.functional.normalize(torch.randn(32), dim=0) * 10
@@ -309,7 +309,7 @@ def test_generate_command_errors_are_one_line(gpt_dir: Path, tmp_path: Path, cap
         return err
 
     assert "add --sample" in error(["generate", "--model", str(gpt_dir), "--top-k", "5", "hi"])
-    assert "a preset has random weights" in error(["generate", "--model", "gpt2", "hi"])
+    assert "a preset has random weights" in error(["generate", "--model", "gpt2-124m", "hi"])
     bert = save_model(tmp_path / "bert", build_model(preset("bert-tiny", vocab_size=50, max_positions=16)))
     (bert / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *[f"w{i}" for i in range(45)]]))
     assert "generate needs a GPT, this is a BERT" in error(["generate", "--model", str(bert), "hi"])

@@ -94,13 +94,13 @@ def test_gpt2_export_loads_in_transformers_with_the_same_logits(tmp_path: Path, 
     with torch.no_grad():
         assert _diff(again(input_ids=ids, attention_mask=mask).logits, ours(ids, padding_mask=mask).logits, mask) <= TOL
     # and a pretune model built from the gpt2 preset exports to GPT-2 (not OpenAI GPT)
-    small = build_model(preset("gpt2", n_layers=1, hidden=32, n_heads=2, vocab_size=50, max_positions=16))
+    small = build_model(preset("gpt2-124m", n_layers=1, hidden=32, n_heads=2, vocab_size=50, max_positions=16))
     assert hf.config_to_hf(small.cfg)["model_type"] == "gpt2"
 
 
 def test_presets_have_gpt2_shapes_and_parameter_counts() -> None:
-    for name, (layers, hidden, heads, params) in {"gpt2": (12, 768, 12, 124_439_808),
-                                                  "gpt2-medium": (24, 1024, 16, 354_823_168)}.items():
+    for name, (layers, hidden, heads, params) in {"gpt2-124m": (12, 768, 12, 124_439_808),
+                                                  "gpt2-355m": (24, 1024, 16, 354_823_168)}.items():
         cfg = preset(name)
         assert (cfg.n_layers, cfg.hidden, cfg.n_heads, cfg.max_positions, cfg.vocab_size) == (layers, hidden, heads, 1024, 50257)
         assert (cfg.norm, cfg.embed_norm, cfg.activation, cfg.layer_norm_eps, cfg.type_vocab_size) == ("pre", False, "gelu_tanh", 1e-5, 0)
@@ -110,7 +110,7 @@ def test_presets_have_gpt2_shapes_and_parameter_counts() -> None:
 
 def test_gpt2_initialisation_scales_residual_projections() -> None:
     torch.manual_seed(0)
-    model = build_model(preset("gpt2", n_layers=8, hidden=256, n_heads=4, vocab_size=100, max_positions=16))
+    model = build_model(preset("gpt2-124m", n_layers=8, hidden=256, n_heads=4, vocab_size=100, max_positions=16))
     std = model.body.blocks[0].mlp.fc2.weight.std().item()
     assert abs(std - 0.02 / 4) < 0.0005  # 0.02 / sqrt(2 * 8), GPT-2's residual scaling
     assert abs(model.body.blocks[0].mlp.fc1.weight.std().item() - 0.02) < 0.001
@@ -150,7 +150,7 @@ def test_pretrain_a_gpt2_style_model_from_scratch(english: tuple[Path, Path], tm
     out = tmp_path / "gpt2"
     torch.set_num_threads(1)
     assert main([
-        "pretrain", "--model", "gpt2", "--tokenizer", str(tok), "--data", str(corpus), "--out", str(out),
+        "pretrain", "--model", "gpt2-124m", "--tokenizer", str(tok), "--data", str(corpus), "--out", str(out),
         "--max-steps", "30", "--batch-size", "8", "--seq-len", "32", "--lr", "3e-3", "--warmup-steps", "3",
         "--eval-batches", "4", "--no-progress", "--set", "n_layers=2", "hidden=32", "n_heads=2", "ffn=64",
     ]) == 0
@@ -180,7 +180,7 @@ def test_finetune_a_gpt2_style_model_with_gpt1_input_transformations(english: tu
                                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
     tok = Tokenizer(backend)
     torch.manual_seed(0)
-    pre = save_model(tmp_path / "gpt2", build_model(preset("gpt2", vocab_size=400, n_layers=2, hidden=64, n_heads=2,
+    pre = save_model(tmp_path / "gpt2", build_model(preset("gpt2-124m", vocab_size=400, n_layers=2, hidden=64, n_heads=2,
                                                            max_positions=64)), tok)
     rng = random.Random(0)
     words = "the cat sat on a mat dog ran far away is big small red blue green why who".split()

@@ -27,7 +27,7 @@ transformers = pytest.importorskip("transformers")
 
 TOL = 1e-5
 pytestmark = pytest.mark.usefixtures("one_thread")
-PRESETS = {"bert": "bert-tiny", "electra": "electra-tiny", "openai-gpt": "gpt-tiny", "gpt2": "gpt2"}
+PRESETS = {"bert": "bert-tiny", "electra": "electra-tiny", "openai-gpt": "gpt-tiny", "gpt2": "gpt2-124m"}
 EXTRA = {"electra": {"embedding_size": 16}}  # ELECTRA's embeddings narrower than the hidden size, projected up
 LABELS = {"classification": ["neg", "neu", "pos"], "tagging": ["O", "B-X", "I-X", "B-Y"]}
 AUTO = {

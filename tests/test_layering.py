@@ -15,7 +15,7 @@ LAYERS = [
     ("errors",),
     ("io", "config", "tuning", "metrics"),
     ("settings", "precision"),
-    ("data", "models", "hf", "report"),
+    ("data", "models", "hf", "hub", "report"),
     ("tokenizer", "tasks"),
     ("checkpoint",),
     ("validate", "loader"),

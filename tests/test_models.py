@@ -290,7 +290,7 @@ def test_transfer_layers_reinitialises_gpt2_blocks_as_gpt2_does() -> None:
     from pretune.train.surgery import transfer_layers
 
     torch.manual_seed(0)
-    cfg = preset("gpt2", vocab_size=50, hidden=64, n_heads=2, n_layers=8, max_positions=16)
+    cfg = preset("gpt2-124m", vocab_size=50, hidden=64, n_heads=2, n_layers=8, max_positions=16)
     model = build_model(cfg)
     with torch.no_grad():
         for p in model.body.blocks.parameters():

@@ -1,8 +1,10 @@
 """Model directories: ``config.json`` + ``model.safetensors`` + tokenizer files, written atomically.
 
 :func:`load_model` accepts whatever a user may pass as ``--model``: a preset name, a config JSON
-file, a pretune model directory, or a Hugging Face checkpoint directory (converted on the fly);
-:func:`model_source` says which of these a ``--model`` value is, with one rule for every verb.
+file, a pretune model directory, a Hugging Face checkpoint directory (converted on the fly), or a
+Hugging Face Hub id (``org/name[@revision]``, fetched into the Hugging Face cache by
+:mod:`pretune.hub` and read as the directory it is); :func:`model_source` says which of these a
+``--model`` value is, with one rule for every verb.
 """
 
 from __future__ import annotations
@@ -22,8 +24,8 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from pretune import hf
-from pretune.config import FAMILIES, PRESETS, ModelConfig, preset, read_json
+from pretune import hf, hub
+from pretune.config import FAMILIES, PRESETS, RETIRED_PRESETS, ModelConfig, preset, read_json, retired_preset
 from pretune.errors import PretuneError
 from pretune.io import atomic_dir, fsync_path, write_json
 from pretune.models import build_model
@@ -212,7 +214,8 @@ def _write_hf(out_dir: str | Path, hf_state: dict[str, Tensor], hf_cfg: dict[str
 class ModelSource:
     kind: str  # "preset" | "config" | "pretune" | "huggingface"
     spec: str
-    path: Path | None  # the config file or the model directory
+    path: Path | None  # the config file or the model directory (a Hub id's snapshot in the Hugging Face cache)
+    hub: bool = False  # ``spec`` is a Hugging Face Hub id
 
     @property
     def fresh(self) -> bool:
@@ -226,6 +229,15 @@ def model_source(spec: str | Path, flag: str = "--model") -> ModelSource:
     path = Path(spec_str)
     if spec_str in PRESETS and not path.exists():
         return ModelSource("preset", spec_str, None)
+    if spec_str in RETIRED_PRESETS and not path.exists():
+        raise retired_preset(spec_str, flag)
+    presets = f", or preset (presets: {', '.join(PRESETS)})" if "/" not in spec_str else ""
+    snapshot = None if path.exists() else hub.resolve(spec_str, flag, other=presets)
+    if snapshot is not None:
+        if not (snapshot / CONFIG_FILE).is_file():
+            raise PretuneError(f"{flag} {spec_str}: the Hugging Face repository has no {CONFIG_FILE}; not a model")
+        kind = "huggingface" if "model_type" in read_json(snapshot / CONFIG_FILE) else "pretune"
+        return ModelSource(kind, spec_str, snapshot, hub=True)
     if path.is_file() and path.suffix == ".json":
         if (path.parent / WEIGHTS_FILE).is_file() and path.name == CONFIG_FILE:
             raise PretuneError(
@@ -303,15 +315,30 @@ def load_state(model: nn.Module, state: dict[str, Tensor], source: str, *,
     return missing, head
 
 
+def tokenizer_path(path: str | Path, *, flag: str = "--tokenizer") -> Path:
+    """Where a ``--tokenizer`` value's files are: the path itself, or a Hub id's snapshot (tokenizer
+    files only) in the Hugging Face cache; a missing path is a one-line error."""
+    p = Path(path)
+    if p.exists():
+        return p
+    snapshot = hub.resolve(str(path), flag, weights=False)
+    if snapshot is None:
+        raise PretuneError(f"{flag} {p}: no such directory (train one with `pretune tokenizer train`, or give a "
+                           f"Hugging Face Hub id such as org/name)")
+    if not any((snapshot / n).is_file() for n in TOKENIZER_FILES):
+        raise PretuneError(f"{flag} {path}: the Hugging Face repository has no tokenizer files "
+                           f"({', '.join(TOKENIZER_FILES)})")
+    return snapshot
+
+
 def load_tokenizer(path: str | Path | None, *, flag: str = "--tokenizer") -> Any | None:
-    """The tokenizer of a directory, or None when ``path`` is None or holds no tokenizer files."""
+    """The tokenizer of a directory (or a Hub id's), or None when ``path`` is None or holds no
+    tokenizer files."""
     if path is None:
         return None
     from pretune.tokenizer import Tokenizer
 
-    p = Path(path)
-    if not p.exists():
-        raise PretuneError(f"{flag} {p}: no such directory (train one with `pretune tokenizer train`)")
+    p = tokenizer_path(path, flag=flag)
     if p.is_dir() and not any((p / n).is_file() for n in TOKENIZER_FILES):
         return None
     return Tokenizer.load(p)
@@ -395,5 +422,5 @@ __all__ = [
     "CONFIG_FILE", "WEIGHTS_FILE", "LoadedModel", "ModelSource", "check_versions", "check_vocab", "export_hf",
     "finish_pending", "load_model", "load_state", "load_tokenizer", "model_config", "model_source", "read_weights",
     "save_model", "source_family",
-    "state_dict_for_saving", "write_model_files",
+    "state_dict_for_saving", "tokenizer_path", "write_model_files",
 ]

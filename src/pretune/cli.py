@@ -77,6 +77,10 @@ def plain_warnings(command: str) -> Iterator[None]:
 
     with warnings.catch_warnings():
         warnings.simplefilter("always")  # every occurrence reaches show(), which counts them
+        # libraries' deprecation notices are for their developers, as Python's default filters have
+        # it (matplotlib 3.7 with pyparsing 3.3 would print one for every plot)
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", category=PendingDeprecationWarning)
         warnings.showwarning = show
         try:
             yield

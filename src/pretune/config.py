@@ -222,14 +222,35 @@ PRESETS: dict[str, dict[str, Any]] = {
     "electra-base": _electra("base"),
     "electra-large": _electra("large"),
     "gpt1": _gpt("base"),  # Radford et al. (2018): 12 layers, 768 wide, 12 heads, context 512
-    # Radford et al. (2019): pre-LN blocks and a final LayerNorm, context 1024, byte-level BPE of 50,257
-    "gpt2": _gpt("base", norm="pre", max_positions=1024, vocab_size=50257),
-    "gpt2-medium": _gpt("large", norm="pre", max_positions=1024, vocab_size=50257),  # 24 layers, 1024 wide, 16 heads
+    # Radford et al. (2019): pre-LN blocks and a final LayerNorm, context 1024, byte-level BPE of 50,257.
+    # Named by their parameter counts: "gpt2" and "gpt2-medium" are Hugging Face Hub ids of the
+    # pretrained weights, and a preset is always randomly initialised.
+    "gpt2-124m": _gpt("base", norm="pre", max_positions=1024, vocab_size=50257),
+    "gpt2-355m": _gpt("large", norm="pre", max_positions=1024, vocab_size=50257),  # 24 layers, 1024 wide, 16 heads
 }
+
+# Former preset names that are Hub ids of pretrained checkpoints: the name -> (preset, Hub id).
+# They are errors that name both, never random weights under a pretrained model's name.
+RETIRED_PRESETS = {
+    "gpt2": ("gpt2-124m", "openai-community/gpt2"),
+    "gpt2-medium": ("gpt2-355m", "openai-community/gpt2-medium"),
+}
+
+
+def retired_preset(name: str, flag: str = "--model") -> PretuneError:
+    """The error for a former preset name (:data:`RETIRED_PRESETS`)."""
+    new, hub_id = RETIRED_PRESETS[name]
+    return PretuneError(
+        f"{flag} {name}: no longer a preset (it built random weights under the name of OpenAI's pretrained "
+        f"checkpoint); for the pretrained weights pass {hub_id}, for a randomly initialised "
+        f"model of that shape the preset {new}"
+    )
 
 
 def preset(name: str, **overrides: Any) -> ModelConfig:
     """The named preset's config, with fields overridden."""
+    if name in RETIRED_PRESETS:
+        raise retired_preset(name, "preset")
     if name not in PRESETS:
         raise PretuneError(f"unknown model preset {name!r}; valid presets: {', '.join(PRESETS)}")
     data = dict(PRESETS[name])

@@ -76,6 +76,15 @@ def _role_property(role: str) -> property:
     return property(get)
 
 
+def encode_ids(backend: tokenizers.Tokenizer, texts: list[str]) -> list[list[int]]:
+    """Token ids of many texts (no special tokens), in parallel in the Rust library:
+    ``encode_batch_fast`` (tokenizers >= 0.20: no character offsets computed), else ``encode_batch``."""
+    if not texts:
+        return []
+    encode = getattr(backend, "encode_batch_fast", None) or backend.encode_batch
+    return [e.ids for e in encode(texts, add_special_tokens=False)]
+
+
 class Tokenizer:
     """A tokenizer of any ``tokenizers`` model type, with the tokens playing each special role.
 
@@ -129,10 +138,7 @@ class Tokenizer:
 
     def encode_batch(self, texts: Iterable[str]) -> list[list[int]]:
         """Token ids of many texts at once (parallel in the Rust library), no special tokens added."""
-        texts = list(texts)
-        if not texts:
-            return []
-        return [e.ids for e in self.backend.encode_batch_fast(texts, add_special_tokens=False)]
+        return encode_ids(self.backend, list(texts))
 
     def tokenize(self, text: str) -> list[str]:
         """Token strings of ``text`` (no special tokens)."""

@@ -18,7 +18,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from pretune.checkpoint import MODEL_FILES, ModelSource, model_config, model_source
+from pretune.checkpoint import MODEL_FILES, ModelSource, model_config, model_source, tokenizer_path
 from pretune.config import ModelConfig, objective_for
 from pretune.errors import PretuneError
 from pretune.io import check_out_file, check_out_place
@@ -50,7 +50,7 @@ def existing_dir(path: str | Path | None, flag: str) -> Path | None:
 def _model_inputs(source: ModelSource, tokenizer: str | None) -> tuple[Path, ...]:
     """The directories (and config file) a run reads its model and tokenizer from."""
     given = [source.path] if source.path is not None else []
-    return tuple(given) + ((Path(tokenizer),) if tokenizer else ())
+    return tuple(given) + ((tokenizer_path(tokenizer),) if tokenizer else ())
 
 
 def check_length(flag: str, length: int, cfg: ModelConfig, source: ModelSource) -> None:
@@ -191,13 +191,28 @@ def check_memory(cfg: ModelConfig, batch: int, length: int, device: str, length_
 
 
 def _paths(values: Iterable[str | None], flag: str) -> list[Path]:
-    return [existing_file(v, flag) for v in values if v]
+    """The input files given (a data set of the datasets library: its file or directory; an
+    ``hf:NAME`` is checked when it is loaded)."""
+    return [p for v in values if v for p in data_inputs(v, flag)]
+
+
+def data_inputs(value: str, flag: str) -> list[Path]:
+    """The local paths a task-data value reads, which must exist: a file, or a data set's file or
+    ``save_to_disk`` directory (none for an ``hf:`` name)."""
+    from pretune.tasks.sources import is_dataset, local_path
+
+    if not is_dataset(value):
+        return [existing_file(value, flag)]
+    path = local_path(value)
+    if path is not None and not path.exists():
+        raise PretuneError(f"{flag} {value}: no such file or data set directory")
+    return [path] if path is not None else []
 
 
 def _model_and_out(s: Any, files: list[Path]) -> tuple[ModelSource, ModelConfig]:
     """--model and --tokenizer exist, --out may be made and is none of the inputs; the model's config."""
     source = model_source(s.model)
-    existing_dir(s.tokenizer, "--tokenizer")
+    existing_dir(tokenizer_path(s.tokenizer) if s.tokenizer else None, "--tokenizer")
     check_out_place(s.out, inputs=(*files, *_model_inputs(source, s.tokenizer)))
     if source.fresh and not s.tokenizer:
         raise PretuneError(f"--tokenizer is required when --model is a preset or a config file ({s.model})")
@@ -208,11 +223,11 @@ def check_outputs(s: Any, out: str | Path | None) -> None:
     """A verb that reads ``s.data`` with ``s.model`` and may write ``out``: --data exists, and a
     given ``out`` file follows the one rule (:func:`pretune.io.check_out_file`): never --data or one
     of the model directory's own files, and an existing file only with ``s.overwrite``."""
-    existing_file(s.data, "--data")
+    data = data_inputs(s.data, "--data")
     source = model_source(s.model)
     if out is not None:
         model_files = [source.path / name for name in sorted(MODEL_FILES)] if source.path is not None else []
-        check_out_file(out, inputs=(s.data, *model_files), overwrite=s.overwrite)
+        check_out_file(out, inputs=(*data, *model_files), overwrite=s.overwrite)
 
 
 def pretrain_settings(s: Any) -> None:
@@ -258,6 +273,6 @@ def finetune_memory(s: Any, cfg: ModelConfig, features: Sequence[dict[str, Any]]
 
 
 __all__ = [
-    "ACTIVATION_BYTES", "available_bytes", "check_length", "check_memory", "check_outputs", "existing_dir", "existing_file",
-    "finetune_memory", "finetune_settings", "parameter_count", "pretrain_settings", "processes", "training_bytes",
+    "ACTIVATION_BYTES", "available_bytes", "check_length", "check_memory", "check_outputs", "data_inputs", "existing_dir",
+    "existing_file", "finetune_memory", "finetune_settings", "parameter_count", "pretrain_settings", "processes", "training_bytes",
 ]

@@ -17,7 +17,7 @@ from pretune.settings import add_command, require, setting
 
 @dataclass
 class ConvertSettings:
-    from_hf: str | None = setting(None, metavar="HF_DIR", help="a Hugging Face BERT, OpenAI GPT or GPT-2 directory to convert "
+    from_hf: str | None = setting(None, metavar="HF_DIR", help="a Hugging Face BERT, OpenAI GPT or GPT-2 directory, or a Hub id (org/name[@revision]), to convert "
                                   "(a fine-tuned class such as BertForSequenceClassification keeps its head)")
     to_hf: str | None = setting(None, metavar="DIR", help="a pretune model directory to export (a fine-tuned one as the "
                                 "transformers class of its task head)")

@@ -13,7 +13,7 @@ from pretune.settings import Precision, Runtime, add_command, at_least, precisio
 @dataclass
 class EmbedSettings(Runtime):
     precision: Precision = precision_setting("fp32")
-    model: str | None = setting(None, help="pretune or Hugging Face model directory")
+    model: str | None = setting(None, help="pretune or Hugging Face model directory, or a Hub id (org/name[@revision])")
     layer: int = setting(-1, help="0 = embeddings, N = block N, -1 = last")
     pool: Literal["mean", "cls"] | None = setting(None, help="one sentence vector instead of one per token: mean (over every "
                                                   "token) or cls (an encoder's [CLS]; refused for a GPT, whose first token "

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 from pathlib import Path
 
+from pretune.errors import PretuneError
 from pretune.settings import add_command, require
 from pretune.train.settings import EvaluateSettings
 
@@ -25,6 +27,7 @@ def resolved_precision(s: EvaluateSettings) -> str:
 
 
 def run(s: EvaluateSettings) -> int:
+    from pretune.checkpoint import model_source
     from pretune.inference import evaluate
     from pretune.io import write_json
     from pretune.validate import check_outputs
@@ -32,12 +35,16 @@ def run(s: EvaluateSettings) -> int:
     require(s, "model", "data")
     check_outputs(s, s.out)
     precision = resolved_precision(s)
+    if not s.out and model_source(s.model).hub:
+        raise PretuneError(f"--model {s.model} is read from the Hugging Face cache, which is no place for results; "
+                           f"give --out FILE")
     metrics = evaluate(
         s.model, s.data, task_name=s.task, columns=s.columns.overrides(), batch_size=s.batch_size, limit=s.limit,
         max_seq_len=s.max_seq_len, no_truncate=s.no_truncate, device=s.device, precision=precision,
         progress=s.progress,
     )
-    out = Path(s.out) if s.out else Path(s.model) / f"eval_{Path(s.data).name}.json"
+    name = re.sub(r"[/:]", "_", s.data[3:]) if s.data.startswith("hf:") else Path(s.data).name  # hf:org/set:config
+    out = Path(s.out) if s.out else Path(s.model) / f"eval_{name}.json"
     # "computed_in", not "precision": tagging has a metric of that name
     write_json(out, {**metrics, "computed_in": precision})
     width = max(len(k) for k in (*metrics, "computed_in"))

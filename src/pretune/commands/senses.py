@@ -12,7 +12,7 @@ from pretune.settings import Precision, Runtime, add_command, precision_setting,
 @dataclass
 class SensesSettings(Runtime):
     precision: Precision = precision_setting("fp32")
-    model: str | None = setting(None, help="pretune or Hugging Face model directory")
+    model: str | None = setting(None, help="pretune or Hugging Face model directory, or a Hub id (org/name[@revision])")
     data: str | None = setting(None, metavar="FILE", help="sense<TAB>sentence rows (# comments and blank lines skipped), "
                                "or a set that ships with pretune: nun-ko (눈: snow, eye), bank-en (bank: river, money), "
                                "byeol-ko (별: star, particular; lines of NSMC)")

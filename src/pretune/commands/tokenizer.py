@@ -26,7 +26,7 @@ class TrainTokenizerSettings:
 
 @dataclass
 class EncodeSettings:
-    tokenizer: str | None = setting(None, metavar="DIR", help="tokenizer directory")
+    tokenizer: str | None = setting(None, metavar="DIR", help="tokenizer directory or Hugging Face Hub id (org/name[@revision])")
     texts: list[str] | None = setting(None, positional=True, help="texts to encode (default: lines of stdin)")
 
 
@@ -67,11 +67,12 @@ def run_train(s: TrainTokenizerSettings) -> int:
 
 
 def run_encode(s: EncodeSettings) -> int:
+    from pretune.checkpoint import tokenizer_path
     from pretune.io import read_texts
     from pretune.tokenizer import Tokenizer
 
     require(s, "tokenizer")
-    tok = Tokenizer.load(s.tokenizer)
+    tok = Tokenizer.load(tokenizer_path(s.tokenizer))
     for text in read_texts(s.texts):
         ids = tok.encode(text)
         print(json.dumps({"text": text, "tokens": tok.convert_ids_to_tokens(ids), "ids": ids}, ensure_ascii=False))

@@ -286,7 +286,8 @@ def _encode(backend: Any, texts: list[str], dtype: np.dtype) -> tuple[np.ndarray
     """Flat token ids and per-text lengths of ``texts`` (no special tokens)."""
     if not texts:
         return np.empty(0, dtype), np.empty(0, np.int64)
-    ids = [e.ids for e in backend.encode_batch_fast(texts, add_special_tokens=False)]
+    encode = getattr(backend, "encode_batch_fast", None) or backend.encode_batch  # the former: tokenizers >= 0.20
+    ids = [e.ids for e in encode(texts, add_special_tokens=False)]
     lens = np.fromiter(map(len, ids), np.int64, len(ids))
     flat = np.fromiter(itertools.chain.from_iterable(ids), dtype, int(lens.sum()))
     return flat, lens

@@ -59,7 +59,7 @@ class SamplingSettings:
 class LMRuntime(Runtime):
     """The model to use and how to read its tokenizer."""
 
-    model: str | None = setting(None, help="a trained pretune or Hugging Face model directory")
+    model: str | None = setting(None, help="a trained pretune or Hugging Face model directory, or a Hub id (org/name[@revision])")
     token_roles: dict = setting(
         factory=dict, flag="--token-role", metavar="ROLE=TOKEN", parse=parse_roles,
         help="the token of a special role when the tokenizer's config does not say (pad, unk, cls, sep, mask, "

@@ -28,6 +28,7 @@ from torch import Tensor
 from pretune import metrics as m
 from pretune.errors import PretuneError, where
 from pretune.tasks.base import Cut, Feature, FeatureSet, Predictions, TaskFamily, TaskSpec, check_fraction
+from pretune.tasks.sources import cell, is_dataset, load_table
 from pretune.tasks.tables import read_text
 
 
@@ -50,14 +51,8 @@ def read_squad(path: str | Path, *, train: bool = False) -> list[QAExample]:
     warning giving the count and the first such question; with ``train=True`` questions left
     without answers are dropped too. If every answer is bad the file is rejected.
     """
-    path = Path(path)
-    text = read_text(path)
-    try:
-        doc = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise PretuneError(f"{where(path, e.lineno)}: not valid JSON ({e.msg})") from None
-    if not isinstance(doc, dict) or not isinstance(doc.get("data"), list):
-        raise PretuneError(f"{path}: not SQuAD v1.1 JSON: expected an object with a 'data' list of articles")
+    doc = _dataset_doc(str(path)) if is_dataset(path) else _json_doc(Path(path))
+    path = path if is_dataset(path) else Path(path)
     try:
         examples, total, bad, dropped = _squad_examples(doc, path, train)
     except (KeyError, TypeError, AttributeError, ValueError) as e:
@@ -79,6 +74,32 @@ def read_squad(path: str | Path, *, train: bool = False) -> list[QAExample]:
     if not examples:
         raise PretuneError(f"{path}: no questions found")
     return examples
+
+
+def _json_doc(path: Path) -> dict:
+    try:
+        doc = json.loads(read_text(path))
+    except json.JSONDecodeError as e:
+        raise PretuneError(f"{where(path, e.lineno)}: not valid JSON ({e.msg})") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("data"), list):
+        raise PretuneError(f"{path}: not SQuAD v1.1 JSON: expected an object with a 'data' list of articles")
+    return doc
+
+
+SQUAD_COLUMNS = ["id", "title", "context", "question", "answers"]  # a SQuAD-style data set (squad, korquad, ...)
+
+
+def _dataset_doc(value: str) -> dict:
+    """A SQuAD-style ``datasets`` data set (one row per question; ``answers`` holds the lists ``text``
+    and ``answer_start``) as the SQuAD v1.1 document the JSON reader checks."""
+    table = load_table(value, SQUAD_COLUMNS)
+    articles: dict[str, list[dict]] = {}
+    for row in table.rows:
+        answers = row["answers"] or {"text": [], "answer_start": []}
+        qa = {"id": row["id"], "question": row["question"],
+              "answers": [{"text": t, "answer_start": a} for t, a in zip(answers["text"], answers["answer_start"])]}
+        articles.setdefault(cell(row["title"]), []).append({"context": row["context"], "qas": [qa]})
+    return {"data": [{"title": title, "paragraphs": paragraphs} for title, paragraphs in articles.items()]}
 
 
 def _squad_examples(doc: dict, path: Path, train: bool) -> tuple[list[QAExample], int, list[str], int]:

@@ -15,6 +15,7 @@ from typing import Any
 from pretune.errors import PretuneError
 from pretune.tasks.base import TaskSpec
 from pretune.tasks.registry import get_family
+from pretune.tasks.sources import is_dataset, with_split
 from pretune.tasks.tables import header_names, split_list
 
 
@@ -49,7 +50,7 @@ class Recipe:
         return get_family(self.family).read_unlabeled(path, self._options_for(path))
 
     def _options_for(self, path: str | Path) -> dict[str, Any]:
-        if self.alternate is not None and Path(path).is_file():
+        if self.alternate is not None and Path(path).is_file() and not is_dataset(path):
             if str(self.options.get("text_col")) not in header_names(path):
                 return dict(self.alternate)
         return dict(self.options)
@@ -83,11 +84,13 @@ class Recipe:
 
 
 def read_examples(recipe: Recipe, path: str | Path, *, limit: int | None = None, train: bool = False,
-                  unlabeled_ok: bool = False) -> list[Any]:
-    """A task file's examples (the first ``limit`` when given); with ``unlabeled_ok`` a file
-    without the label column is read as unlabeled (``predict``)."""
+                  unlabeled_ok: bool = False, split: str | None = None) -> list[Any]:
+    """A task file's (or data set's) examples (the first ``limit`` when given); with ``unlabeled_ok``
+    a file without the label column is read as unlabeled (``predict``). ``split``: the split to
+    read from a data set of several that names none (``train`` for --train, ...)."""
     if limit is not None and limit < 1:
         raise PretuneError(f"--limit must be at least 1, got {limit}")
+    path = with_split(path, split)
     try:
         examples = recipe.read(path, train=train)
     except PretuneError:

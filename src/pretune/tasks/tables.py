@@ -1,4 +1,5 @@
-"""Reading task files: text with one-line errors, and TSV / CSV / JSON-lines tables by column.
+"""Reading task files: text with one-line errors, and TSV / CSV / JSON-lines tables (or data sets of
+the ``datasets`` library, :mod:`pretune.tasks.sources`) by column.
 
 The table families (classification, regression, multiple choice) pick their columns with
 :func:`read_rows`; every row keeps its ``file:line`` for later messages.
@@ -15,6 +16,7 @@ from typing import Any
 
 from pretune.errors import PretuneError, where
 from pretune.io import read_text_file
+from pretune.tasks.sources import cell, is_dataset, load_table
 
 Col = int | str
 Cols = Col | Sequence[Col]
@@ -114,10 +116,15 @@ def read_rows(
     """``(file:line, {key: [field, ...]})`` for every non-blank row, with the columns ``wanted``.
 
     Columns are names (with ``header``) or 0-based indexes (ints or digit strings); JSON lines use
-    keys. ``delimiter`` defaults from the extension (.tsv/.txt: tab, .csv: comma, .jsonl: JSON
+    keys, and so do the data sets of :mod:`pretune.tasks.sources` (``hf:NAME``, parquet, arrow,
+    ``save_to_disk`` directories; the layout options do not apply). ``delimiter`` defaults from the extension (.tsv/.txt: tab, .csv: comma, .jsonl: JSON
     lines); TSV ignores quotes (``QUOTE_NONE``), CSV uses normal quoting. A row may have more
     fields than the header (or the first row) only with ``allow_extra_fields``.
     """
+    if is_dataset(path):  # a data set of the datasets library: named columns, as in JSON lines
+        table = load_table(path, [str(c) for cols in wanted.values() for c in cols])
+        return [(table.source(i), {k: [cell(row[str(c)]) for c in v] for k, v in wanted.items()})
+                for i, row in enumerate(table.rows)]
     path = Path(path)
     if delimiter is None:
         delimiter = DELIMITERS.get(path.suffix.lower())

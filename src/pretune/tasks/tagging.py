@@ -21,6 +21,7 @@ from torch import Tensor
 from pretune import metrics as m
 from pretune.errors import PretuneError, where
 from pretune.tasks.base import IGNORE, Cut, Feature, FeatureSet, Predictions, TaskFamily, TaskSpec, budget
+from pretune.tasks.sources import cell, is_dataset, load_table, tag_names
 from pretune.tasks.tables import preview, read_text
 
 
@@ -42,6 +43,8 @@ def read_conll(
     skipped (a ``#`` token in a tab-separated file, ``#<TAB>tag``, is kept). ``tag_col=None`` reads
     untagged tokens. Every token line must have the same number of fields.
     """
+    if is_dataset(path):
+        return _dataset_sentences(str(path), token_col, tag_col)
     path = Path(path)
     examples: list[TaggingExample] = []
     tokens: list[str] = []
@@ -73,6 +76,30 @@ def read_conll(
         examples.append(TaggingExample(tokens, None if tag_col is None else tags, where(path, start)))
     if not examples:
         raise PretuneError(f"{path}: no sentences found")
+    return examples
+
+
+DATASET_COLUMNS = ("tokens", "ner_tags")  # a tagging data set's columns where token_col / tag_col are CoNLL indexes
+
+
+def _dataset_sentences(value: str, token_col: int | str, tag_col: int | str | None) -> list[TaggingExample]:
+    """Sentences of a ``datasets`` data set: a column of token lists and one of tag lists (``ClassLabel``
+    ids become their names); named by ``token_col`` / ``tag_col``, else ``tokens`` / ``ner_tags``."""
+    tokens_name = token_col if isinstance(token_col, str) else DATASET_COLUMNS[0]
+    tags_name = None if tag_col is None else tag_col if isinstance(tag_col, str) else DATASET_COLUMNS[1]
+    table = load_table(value, [tokens_name] + ([tags_name] if tags_name else []))
+    names = tag_names(table, tags_name) if tags_name else None
+    examples = []
+    for i, row in enumerate(table.rows):
+        words, tags = row[tokens_name], row[tags_name] if tags_name else None
+        if not isinstance(words, list) or (tags_name and (not isinstance(tags, list) or len(tags) != len(words))):
+            raise PretuneError(f"{table.source(i)}: expected a list of tokens in {tokens_name!r} and as many tags in "
+                               f"{tags_name!r}")
+        if words:
+            tags = None if tags is None else [names[t] if names else cell(t) for t in tags]
+            examples.append(TaggingExample([cell(w) for w in words], tags, table.source(i)))
+    if not examples:
+        raise PretuneError(f"{value}: no sentences found")
     return examples
 
 

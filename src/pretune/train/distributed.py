@@ -165,9 +165,10 @@ def unshard(parts: list[list[T]], n: int) -> list[T]:
 def fully_shard_model(model: nn.Module, device: torch.device, d: Dist) -> nn.Module:
     """Shard ``model`` in place with FSDP2: each transformer block, then the rest (embeddings, heads)."""
     from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.fsdp import fully_shard
 
     from pretune.models.core import Block
+
+    fully_shard = fsdp2()[0]
 
     # FSDP2 warns when a forward returns a view (our outputs carry detached losses, which are views);
     # nothing in pretune modifies a model output in place, the case the warning is about.
@@ -219,13 +220,21 @@ def load_full_state(model: nn.Module, optimizer: torch.optim.Optimizer, weights:
     set_optimizer_state_dict(model, optimizer, optim, options=options)
 
 
-def _is_sharded(model: nn.Module) -> bool:
-    from torch.distributed.fsdp import FSDPModule
+def fsdp2() -> tuple[Any, type]:
+    """FSDP2's ``fully_shard`` and ``FSDPModule``: public in ``torch.distributed.fsdp`` from torch 2.6,
+    in ``torch.distributed._composable.fsdp`` in torch 2.4 and 2.5 (the oldest torch pretune supports)."""
+    try:
+        from torch.distributed.fsdp import FSDPModule, fully_shard
+    except ImportError:
+        from torch.distributed._composable.fsdp import FSDPModule, fully_shard
+    return fully_shard, FSDPModule
 
-    return isinstance(model, FSDPModule)
+
+def _is_sharded(model: nn.Module) -> bool:
+    return isinstance(model, fsdp2()[1])
 
 
 __all__ = [
-    "Dist", "all_sum", "check_global_batch", "full_model_state", "full_optimizer_state", "fully_shard_model", "gather_to_main",
+    "Dist", "all_sum", "check_global_batch", "fsdp2", "full_model_state", "full_optimizer_state", "fully_shard_model", "gather_to_main",
     "init_distributed", "leave_process_group", "load_full_state", "on_main", "rank_seed", "resolve_device", "shard", "unshard", "unwrap",
 ]

@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import shutil
 import time
 import warnings
@@ -93,6 +94,10 @@ def load_backbone(s: FinetuneSettings) -> tuple[Any, Any, range]:
         if source_family(source) == "gpt" and tokenizer.kind != "wordpiece":
             tokenizer.ensure_gpt_special_tokens()
         overrides["vocab_size"] = tokenizer.vocab_size
+        if os.environ.get("RANK", "0") == "0":
+            what = "preset" if source.kind == "preset" else "config file"
+            tqdm.write(f"from scratch: {s.model} is a {what}, so the model starts from random weights "
+                       f"(pass a pretrained model directory or Hugging Face Hub id to fine-tune pretrained ones)")
     loaded = load_model(s.model, overrides=overrides, tokenizer=tokenizer)
     _check_tokenizer(loaded.tokenizer, loaded.config.family, s.model)
     fresh = range(0)
@@ -211,9 +216,9 @@ class FinetuneRun:
     def _read_data(self) -> None:
         """Train, validation (a file or a split of train), optional test."""
         s, recipe = self.settings, self.recipe
-        train = read_examples(recipe, s.train, limit=s.limit, train=True)
+        train = read_examples(recipe, s.train, limit=s.limit, train=True, split="train")
         if s.validation:
-            val = read_examples(recipe, s.validation, limit=s.limit)
+            val = read_examples(recipe, s.validation, limit=s.limit, split="validation")
         elif s.validation_split:
             train, val = self.family.split(train, s.validation_split, s.trainer.seed)
         else:
@@ -221,7 +226,7 @@ class FinetuneRun:
         if not self.family.is_labelled(val):
             raise PretuneError(f"{s.validation or s.train}: the validation examples have no labels; set --label-col")
         self.train_examples, self.val_examples = train, val
-        self.test_examples = read_examples(recipe, s.test, limit=s.limit) if s.test else None
+        self.test_examples = read_examples(recipe, s.test, limit=s.limit, split="test") if s.test else None
 
     def _features(self, examples: Sequence[Any] | None, what: str, train: bool = False) -> FeatureSet | None:
         """Features; truncation is counted (one warning per split) or, with --no-truncate, an error."""

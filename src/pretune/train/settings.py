@@ -108,11 +108,11 @@ class ElectraSettings:
 class PretrainSettings:
     """Everything ``pretune pretrain`` takes."""
 
-    model: str | None = setting(None, help="preset (bert-tiny ... gpt1, electra-small ...), a config .json, or a model directory to continue")
+    model: str | None = setting(None, help="preset (bert-tiny ... gpt2-355m, electra-small ...: random weights), a config .json, or a model directory or Hugging Face Hub id (org/name[@revision]) to continue")
     objective: Objective = setting(
         "auto", help="mlm: BERT's masked LM (+ NSP unless --no-nsp); clm: GPT's causal LM; electra: replaced-token detection "
         "with a small generator (a BERT preset becomes an ELECTRA discriminator of its shape); auto: the model family's own")
-    tokenizer: str | None = setting(None, help="tokenizer directory (default: the model directory's)")
+    tokenizer: str | None = setting(None, help="tokenizer directory or Hugging Face Hub id (default: the model directory's)")
     data: list[str] | None = setting(None, metavar="FILE",
                                      help=".txt/.txt.gz/.jsonl files; BERT: one sentence per line, a blank line between documents")
     out: str | None = setting(None, help="run directory (becomes a model directory)")
@@ -172,8 +172,8 @@ def _finetune_trainer() -> TrainSettings:
 class FinetuneSettings(Inputs):
     """Everything ``pretune finetune`` takes."""
 
-    model: str | None = setting(None, help="preset (from scratch), pretune model directory, or Hugging Face directory")
-    tokenizer: str | None = setting(None, help="tokenizer directory (required with a preset; default: the model's)")
+    model: str | None = setting(None, help="preset (from scratch), pretune model directory, Hugging Face directory, or Hugging Face Hub id (org/name[@revision])")
+    tokenizer: str | None = setting(None, help="tokenizer directory or Hugging Face Hub id (required with a preset; default: the model's)")
     task: str | None = setting(None, help=TASK_HELP)
     train: str | None = setting(None, help="training file (TSV/CSV/JSONL, SQuAD JSON, CoNLL)")
     validation: str | None = setting(None, help="validation file (evaluated after every epoch)")
@@ -211,7 +211,7 @@ class FinetuneSettings(Inputs):
 class EvaluateSettings(Inputs, Runtime):
     """Everything ``pretune evaluate`` and ``pretune predict`` take."""
 
-    model: str | None = setting(None, help="fine-tuned model directory")
+    model: str | None = setting(None, help="fine-tuned model directory (or a Hugging Face Hub id holding one)")
     task: str | None = setting(None, help=TASK_HELP + " (default: the one the model was fine-tuned on)")
     data: str | None = setting(None, help="input file in the task's layout")
     out: str | None = setting(None, help="file to write; an existing file is replaced only with --overwrite, and never an "
