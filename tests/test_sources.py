@@ -100,7 +100,7 @@ def test_finetune_and_evaluate_from_data_sets_match_the_files(pairs: Path, tmp_p
     assert cli.main(["evaluate", "--model", str(tmp_path / "hf"), "--data", str(pairs / "train.tsv"),
                      "--no-progress"]) == 0
     scored = [json.loads((tmp_path / "hf" / f"eval_train.{x}.json").read_text()) for x in ("parquet", "tsv")]
-    assert scored[0] == scored[1] and set(scored[0]) == {"accuracy", "f1"}
+    assert scored[0] == scored[1] and set(scored[0]) == {"accuracy", "f1", "computed_in"} and scored[0]["computed_in"] == "fp32"
 
 
 def test_multiple_choice_regression_qa_and_tagging_from_data_sets(tmp_path: Path) -> None:
