@@ -52,6 +52,9 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--temperature", type=float, default=1.0, help="ELECTRA's sampling temperature")
     p.add_argument("--mask-prob", type=float, default=None)
     p.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE", help="DemoSettings fields (JSON values)")
+    p.add_argument("--resume", action="store_true",
+                   help="keep what OUT/objectives.json already holds (same settings): finished pretraining runs and "
+                        "fine-tuning results are reused, the rest is run")
     return p.parse_args(argv)
 
 
@@ -128,16 +131,34 @@ def main(argv: list[str] | None = None) -> int:
         "settings": {k: v for k, v in vars(a).items()}, "pretrain": {}, "runs": [],
     }
     scratch_done: dict[tuple, dict[str, Any]] = {}
+    done: dict[tuple, dict[str, Any]] = {}
+    if a.resume and (out / "objectives.json").exists():
+        old = json.loads((out / "objectives.json").read_text(encoding="utf-8"))
+        same = {k: v for k, v in old["settings"].items() if k not in ("precisions", "objectives", "resume")}
+        mine = {k: v for k, v in results["settings"].items() if k not in ("precisions", "objectives", "resume")}
+        if same != mine:
+            raise SystemExit(f"--resume: {out / 'objectives.json'} was written with other settings; use another --out")
+        results["pretrain"] = old["pretrain"]
+        for r in old["runs"]:
+            done[(r["precision"], r["objective"], r["labels"], r["seed"])] = r
+            scratch_done[(r["precision"], "electra" if r["objective"] == "electra" else "bert", r["labels"], r["seed"])] = r["scratch"]
+        results["runs"] = [r for r in old["runs"] if r["precision"] in a.precisions and r["objective"] in a.objectives]
     for precision in a.precisions:
         for objective in a.objectives:
             work = out / f"{precision}-{objective}"
-            summary = _pretrain(a, shared, work, precision, objective, tokenizer, corpus)
-            results["pretrain"][f"{precision}-{objective}"] = {
-                k: summary.get(k) for k in ("steps", "train_seconds", "wall_s", "tokens_per_s", "eval_at_start", "eval_at_end", "precision")}
-            print(f"[{precision} {objective}] pretrained {summary['steps']} steps in {summary['wall_s']} s", flush=True)
+            key = f"{precision}-{objective}"
+            if key in results["pretrain"] and (work / "pretrained" / "model.safetensors").exists():
+                print(f"[{precision} {objective}] pretrained already ({results['pretrain'][key]['steps']} steps)", flush=True)
+            else:
+                summary = _pretrain(a, shared, work, precision, objective, tokenizer, corpus)
+                results["pretrain"][key] = {
+                    k: summary.get(k) for k in ("steps", "train_seconds", "wall_s", "tokens_per_s", "eval_at_start", "eval_at_end", "precision")}
+                print(f"[{precision} {objective}] pretrained {summary['steps']} steps in {summary['wall_s']} s", flush=True)
             arch = "electra" if objective == "electra" else "bert"
             for labels in sorted(a.labels):
                 for seed in a.seeds:
+                    if (precision, objective, labels, seed) in done:
+                        continue
                     pre = _finetune(a, shared, str(work / "pretrained"), tokenizer, splits, labels, seed,
                                     work / f"ft-{labels}-{seed}", precision, objective)
                     key = (precision, arch, labels, seed)
@@ -197,7 +218,7 @@ def _markdown(results: dict[str, Any]) -> str:
         lines.append(f"| {row['precision']} | {row['objective']} | {row['steps']:,} | {row['tokens_per_s']:,.0f} | " + " | ".join(cells) + " |")
     m = results["machine"]
     return (f"Median gain in test-accuracy points over seeds (each seed's gain in brackets); {results['date']}, "
-            f"{m.get('cpu', m) if isinstance(m, dict) else m}, torch {results['torch']}, {results['threads']} threads.\n\n"
+            f"{m.get('cpu', m) if isinstance(m, dict) else m}, {results['threads']} threads.\n\n"
             + "\n".join(lines) + "\n")
 
 
