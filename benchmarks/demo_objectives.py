@@ -146,12 +146,12 @@ def main(argv: list[str] | None = None) -> int:
     for precision in a.precisions:
         for objective in a.objectives:
             work = out / f"{precision}-{objective}"
-            key = f"{precision}-{objective}"
-            if key in results["pretrain"] and (work / "pretrained" / "model.safetensors").exists():
-                print(f"[{precision} {objective}] pretrained already ({results['pretrain'][key]['steps']} steps)", flush=True)
+            run = f"{precision}-{objective}"
+            if run in results["pretrain"] and (work / "pretrained" / "model.safetensors").exists():
+                print(f"[{precision} {objective}] pretrained already ({results['pretrain'][run]['steps']} steps)", flush=True)
             else:
                 summary = _pretrain(a, shared, work, precision, objective, tokenizer, corpus)
-                results["pretrain"][key] = {
+                results["pretrain"][run] = {
                     k: summary.get(k) for k in ("steps", "train_seconds", "wall_s", "tokens_per_s", "eval_at_start", "eval_at_end", "precision")}
                 print(f"[{precision} {objective}] pretrained {summary['steps']} steps in {summary['wall_s']} s", flush=True)
             arch = "electra" if objective == "electra" else "bert"
