@@ -168,7 +168,10 @@ def _same_curve(one: Path, two: Path) -> None:
     assert [r["step"] for r in a] == [r["step"] for r in b] and len(a) >= 4
     tol = 1e-4 if "fp16" in one.name else TOL  # fp16: each rank rounds its half of the batch (measured: 2e-5)
     for ra, rb in zip(a, b):
-        assert abs(ra["loss"] - rb["loss"]) <= tol, (one.name, ra["step"], ra["loss"], rb["loss"])
+        # plus float32's relative rounding: ELECTRA's loss is ~40 (the replaced-token loss x 50), where
+        # a different summation order moved it by 1.1e-5 (2.9e-7 relative) in one CI run
+        bound = tol + 1e-6 * abs(ra["loss"])
+        assert abs(ra["loss"] - rb["loss"]) <= bound, (one.name, ra["step"], ra["loss"], rb["loss"])
         assert ra["lr"] == pytest.approx(rb["lr"], rel=1e-4, abs=1e-12)
         assert ra.get("grad_scale") == rb.get("grad_scale")  # fp16: the same steps skipped
         for key in (k for k in ra if k.startswith("val_") and ra[k] is not None):
